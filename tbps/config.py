@@ -1,0 +1,280 @@
+"""Typed experiment configuration.
+
+The defaults below are the TBPS-CLIP recipe (full preset, spec §4-§7). An
+experiment file in ``config/experiments/`` holds only what differs from them,
+optionally on top of another experiment (``inherit: NAME``). The resolved
+configuration is saved next to every checkpoint and hashed into every metrics
+row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tbps.errors import UserInputError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-B-16"
+    """open_clip model name; ``TBPS-*`` names are the small CPU models registered by tbps."""
+    pretrained: str | None = "openai"
+    """open_clip pretrained tag (uses its cache), a local checkpoint file, or null for random init."""
+    image_size: tuple[int, int] = (224, 224)
+    """Input (height, width). 224x224 is the official recipe; 384x128 interpolates position embeddings."""
+    text_attn_dropout: float = 0.05
+    """Dropout on post-softmax attention probabilities in every text layer (none in the image tower)."""
+    freeze_patch_embed: bool = True
+    """Do not train the patch-embedding convolution (the 'LockBL' trick)."""
+    logit_scale_max: float = 100.0
+    """The logit scale is used as min(exp(theta), this); theta itself is never clipped."""
+    logit_scale_init: float | None = None
+    """Initial logit scale s (theta = ln s) for random-init models; null keeps the checkpoint's value."""
+    simclr_head_dim: int = 128
+    """Hidden width of the SimCLR head (512->128->512 in the recipe); built only when SS-I is on."""
+
+
+@dataclass
+class LossConfig:
+    identity_targets: bool = True
+    """Identity-aware targets (every same-person pair is a positive); false = plain CLIP one-hot targets."""
+    soft_label_alpha: float = 0.5
+    """Weight of the model's own (no-grad pass) distribution in the N-ITC targets; 0 disables soft labels."""
+    soft_label_ramp_epochs: int = 1
+    """alpha ramps linearly per iteration from 0 over this many epochs (official behaviour)."""
+    mvs_i: bool = True
+    """Multi-view image supervision: N-ITC on a second augmented view."""
+    mvs_mode: str = "average"
+    """'average' = 1/2[N-ITC(V,T)+N-ITC(V~,T)] (official) or 'add' = N-ITC(V,T)+N-ITC(V~,T) (paper)."""
+    r_itc_weight: float = 1.0
+    """Weight of the reversed-KL R-ITC term; 0 disables it."""
+    r_itc_eps: float = 1e-2
+    """Smoothing added to the hard targets inside log() in R-ITC."""
+    c_itc_weight: float = 0.1
+    """Overall weight of C-ITC; 0 disables it."""
+    c_itc_term_weight: float = 0.25
+    """Weight of each of the two C-ITC terms (C^I and C^C) inside c_itc_weight."""
+    ss_i_weight: float = 0.4
+    """Weight of the SimCLR image self-supervision loss SS-I; 0 disables it (and the head)."""
+    ss_i_temperature: float = 0.1
+    """NT-Xent temperature of SS-I."""
+    global_grad: bool = True
+    """All-gather features with gradients across processes (false: gathered copies are constants)."""
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 320
+    """Global batch (all processes together). The recipe needs 320: negatives are per step."""
+    num_workers: int = 4
+    """Loader worker processes per training process."""
+    normalisation: str = "imagenet"
+    """'imagenet' (official implementation) or 'clip' (CLIP pre-training statistics)."""
+    image_pool: bool = True
+    """Apply the augmentation pool (2 of 6 ops, with replacement) to training images."""
+    backtranslation_prob: float = 0.1
+    """Probability of replacing a training caption by its back-translation."""
+    word_deletion_prob: float = 0.05
+    """Per-word Bernoulli deletion probability for training captions."""
+    max_words: int = 77
+    """Captions are cut to this many words after cleaning."""
+    few_shot_fraction: float = 1.0
+    """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
+    shuffle_buffer: int = 2000
+    """Samples held in the loader's shuffle buffer (shards are also shuffled per epoch)."""
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 5
+    lr: float = 1e-4
+    """Peak learning rate (every parameter, the SimCLR head included)."""
+    warmup_start_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    min_lr: float = 5e-6
+    """Cosine decay ends here."""
+    weight_decay: float = 0.02
+    """Decoupled weight decay; 0 for biases, norms and parameters with fewer than 2 dims."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    """The same seed on every process (1 = full preset, 0 = simplified, as in the official code)."""
+    precision: str = "auto"
+    """'auto' = bf16 autocast on CUDA, fp32 on CPU; or 'fp32', 'bf16', 'fp16'."""
+    grad_cache_chunk: int = 0
+    """Per-process chunk size for exact big batches by gradient caching; 0 = no chunking."""
+    checkpoint_every_steps: int = 200
+    """Write a resumable checkpoint every N optimiser steps (and at each epoch end)."""
+    max_steps: int | None = None
+    """Stop after this many steps (smoke runs); null = all epochs."""
+    eval_every_epoch: bool = True
+    """Evaluate on the validation split (when the dataset has one) after every epoch."""
+    log_every_steps: int = 10
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    query_chunk: int = 1024
+    """Queries ranked per chunk: bounds memory at chunk x gallery."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "tbps_clip"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def sha256(self) -> str:
+        """Hash of the science (everything but name/description)."""
+        d = self.to_dict()
+        d.pop("name", None)
+        d.pop("description", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _to_plain(obj):
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value, annotation, where: str):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except UserInputError as e:
+                errors.append(str(e))
+        raise UserInputError(errors[0] if errors else f"{where}: cannot be null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserInputError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserInputError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserInputError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserInputError(f"{where}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
+    return value
+
+
+def _build(cls, values: dict, where: str, base=None):
+    if not isinstance(values, dict):
+        raise UserInputError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserInputError(
+            f"{where}: unknown key(s) {unknown}. Fix: use one of {sorted(known)}"
+        )
+    obj = base if base is not None else cls()
+    for key, value in values.items():
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            setattr(obj, key, _build(type(current), value, f"{where}.{key}", base=current))
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
+    return obj
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict, where: str = "overrides") -> ExperimentConfig:
+    """Apply a nested dict of differences to ``cfg`` (in place) with type checks."""
+    return _build(ExperimentConfig, overrides, where, base=cfg)
+
+
+def parse_dotted(pairs: list[str]) -> dict:
+    """``["optim.lr=1e-3", "train.max_steps=10"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserInputError(f"override {pair!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Load an experiment file (differences from the defaults, with optional ``inherit``)."""
+    path = Path(path)
+    chain: list[tuple[Path, dict]] = []
+    seen: set[Path] = set()
+    current: Path | None = path
+    while current is not None:
+        current = current.resolve()
+        if current in seen:
+            raise UserInputError(f"{path}: 'inherit' loops through {current}. Fix: remove the cycle")
+        seen.add(current)
+        if not current.is_file():
+            raise UserInputError(
+                f"{current}: experiment file not found. Fix: pick one of config/experiments/*.yaml"
+            )
+        try:
+            data = yaml.safe_load(current.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserInputError(f"{current}: not valid YAML ({e}). Fix: correct the syntax") from e
+        if not isinstance(data, dict):
+            raise UserInputError(f"{current}: top level must be a mapping of config sections")
+        parent = data.pop("inherit", None)
+        chain.append((current, data))
+        current = (current.parent / f"{parent}.yaml") if parent else None
+    cfg = ExperimentConfig(name=path.stem)
+    for file, data in reversed(chain):
+        apply_overrides(cfg, data, where=str(file))
+    cfg.name = path.stem
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg
+
+
+def config_from_dict(d: dict) -> ExperimentConfig:
+    """Rebuild a resolved config (e.g. the one saved beside a checkpoint)."""
+    return apply_overrides(ExperimentConfig(), d, where="saved config")
