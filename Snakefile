@@ -1,0 +1,44 @@
+# tbps: text-based person search with CLIP (TBPS-CLIP), from raw annotations to metrics.
+#
+#   snakemake --cores 2 results/synthetic/metrics.parquet      # the embedded default
+#   snakemake --cores 8 results/rstpreid/metrics.parquet       # a real dataset (see README)
+#
+# Stages, one rule file each (workflow/rules/):
+#   data      raw annotations (or the generated synthetic set) -> prepared/annotations.parquet
+#   augment   train captions -> augment/captions_aug.parquet (back-translation or offline paraphrase)
+#   shards    prepared table + images -> WebDataset shards per split, with a manifest
+#   train     shards -> fine-tuned checkpoints per experiment
+#   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
+#   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
+
+configfile: "config/config.yaml"
+
+
+# Jobs find `python -m tbps` on PATH (common.smk puts the running interpreter first).
+envvars:
+    "PATH",
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    split="train|val|test",
+    experiment="[A-Za-z0-9_]+",
+    index=r"\d{6}",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/augment.smk"
+include: "workflow/rules/shards.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    """The embedded default: the whole pipeline on the generated synthetic dataset."""
+    input:
+        "results/synthetic/metrics.parquet",
+    default_target: True

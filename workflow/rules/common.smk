@@ -1,0 +1,92 @@
+# Shared by every stage file: config validation, dataset facts, input functions.
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from tbps.datasets import REAL_DATASETS, SYNTHETIC
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASETS = config["datasets"]
+EXPERIMENT_DIR = Path(workflow.basedir) / "config" / "experiments"
+# Rules call `python -m tbps`: make that the interpreter running Snakemake (e.g. the project's
+# venv), even when the venv is not activated; cluster jobs inherit it through the environment.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+def dataset_format(dataset):
+    """Published annotation format of a dataset (the synthetic one mimics one of them)."""
+    return DATASETS[dataset].get("format", "cuhk-pedes") if dataset == SYNTHETIC else dataset
+
+
+def dataset_splits(dataset):
+    return list(REAL_DATASETS[dataset_format(dataset)].splits)
+
+
+def raw_dir(dataset):
+    return DATASETS[dataset]["raw"]
+
+
+def raw_annotation(wildcards):
+    """The raw annotation file; stops the run at once, with instructions, when a download is missing."""
+    dataset = wildcards.dataset
+    info = REAL_DATASETS[dataset_format(dataset)]
+    if dataset == SYNTHETIC:
+        return f"{raw_dir(dataset)}/{info.annotation_files[0]}"
+    for name in info.annotation_files:
+        if Path(raw_dir(dataset), name).is_file():
+            return f"{raw_dir(dataset)}/{name}"
+    sys.stderr.write(
+        f"\nERROR: the {info.title} raw data is not at '{raw_dir(dataset)}' "
+        f"(expected {' or '.join(info.annotation_files)} and imgs/ there).\n"
+        f"  Where to get it: {info.download}.\n"
+        f"  Where to put it: unpack it to {raw_dir(dataset)}/ (the default), or set "
+        f"`datasets: {dataset}: raw:` in config/config.yaml (or --config) to its folder.\n"
+        f"  How to check it: tbps check-raw --dataset {dataset} --raw {raw_dir(dataset)}\n\n"
+    )
+    sys.exit(1)
+
+
+def experiment_file(wildcards):
+    return str(EXPERIMENT_DIR / f"{wildcards.experiment}.yaml")
+
+
+def has_split(dataset, split):
+    return split in dataset_splits(dataset)
+
+
+def shard_max_bytes_arg():
+    max_bytes = config["shards"].get("max_bytes")
+    return f"--max-bytes {max_bytes}" if max_bytes else ""
+
+
+def shard_image_size_arg():
+    size = config["shards"].get("image_size")
+    return f"--image-size {size[0]}x{size[1]}" if size else ""
+
+
+def shard_inputs(wildcards):
+    """Train shards carry the augmented captions; val/test shards don't need them."""
+    inputs = {
+        "plan": f"results/{wildcards.dataset}/shards/{wildcards.split}/plan.json",
+        "table": f"results/{wildcards.dataset}/prepared/annotations.parquet",
+    }
+    if wildcards.split == "train":
+        inputs["augmented"] = f"results/{wildcards.dataset}/augment/captions_aug.parquet"
+    return inputs
+
+
+def planned_shards(wildcards):
+    """Shard files named by the split's plan (known once the shard_plan checkpoint ran)."""
+    import json
+
+    plan = checkpoints.shard_plan.get(**wildcards).output.plan
+    with open(plan) as f:
+        names = [s["name"] for s in json.load(f)["shards"]]
+    return [f"results/{wildcards.dataset}/shards/{wildcards.split}/{name}" for name in names]
+
+
+def shard_manifest(dataset, split):
+    return f"results/{dataset}/shards/{split}/manifest.json"
