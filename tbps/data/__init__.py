@@ -1,0 +1,1 @@
+"""Data stages: raw annotations, captions, augmentation and shards."""

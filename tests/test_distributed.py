@@ -1,0 +1,275 @@
+"""GlobalGrad under real multi-process DDP (gloo, CPU) equals one process at the whole batch (spec §6).
+
+Two spawned processes each hold b = 4 samples of a tiny dual encoder (two Linear "encoders", a
+SimCLR head and a logit scale) wrapped in DistributedDataParallel, and compute the full-preset loss
+(N-ITC with soft targets and MVS-I, R-ITC, C-ITC, SS-I) over gathered features. Their losses average,
+and their DDP-averaged parameter gradients equal, the loss and gradients of ONE process on the
+concatenated B = 8 samples — term by term and in total. The no-grad-gather baseline must differ.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from tbps import distributed as tdist
+from tbps.losses import (
+    c_itc,
+    clamped_logit_scale,
+    combine_losses,
+    identity_targets,
+    n_itc,
+    r_itc,
+    soft_targets,
+    ss_i_nt_xent,
+)
+
+WORLD = 2
+LOCAL_B = 4
+IN_IMG, IN_TXT, EMBED = 12, 10, 8
+ALPHA = 0.3
+# Repeated ids inside one process and across the two processes.
+IDS = torch.tensor([3, 1, 3, 8, 1, 5, 8, 8])
+TERMS = ("n_itc", "n_itc_mvs", "r_itc", "c_itc", "ss_i", "total")
+
+
+class TinyDualEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Linear(IN_IMG, EMBED)
+        self.text = nn.Linear(IN_TXT, EMBED)
+        self.head = nn.Sequential(nn.Linear(EMBED, 4), nn.ReLU(), nn.Linear(4, EMBED))
+        self.theta = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        def unit(x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(x, dim=1)
+
+        return {
+            "v": unit(self.image(batch["images"])),
+            "v_mvs": unit(self.image(batch["images_mvs"])),
+            "t": unit(self.text(batch["texts"])),
+            "za": unit(self.head(self.image(batch["view_a"]))),
+            "zb": unit(self.head(self.image(batch["view_b"]))),
+            "scale": clamped_logit_scale(self.theta),
+        }
+
+
+def make_model() -> TinyDualEncoder:
+    torch.manual_seed(0)
+    return TinyDualEncoder().double()
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    n = WORLD * LOCAL_B
+    shapes = {"images": IN_IMG, "images_mvs": IN_IMG, "texts": IN_TXT, "view_a": IN_IMG, "view_b": IN_IMG}
+    batch = {key: torch.randn(n, dim, generator=gen, dtype=torch.float64) for key, dim in shapes.items()}
+    batch["ids"] = IDS.clone()
+    return batch
+
+
+def full_preset_terms(out, out_nograd, ids_local, rank, gather) -> dict[str, torch.Tensor]:
+    """The full preset's loss terms for this process's rows, built only from tbps.losses."""
+    ids_all = tdist.gather_constant(ids_local)
+    v_all, vm_all, t_all = gather(out["v"]), gather(out["v_mvs"]), gather(out["t"])
+    za_all, zb_all = gather(out["za"]), gather(out["zb"])
+    s = out["scale"]
+
+    v2_all, vm2_all, t2_all = (tdist.gather_constant(out_nograd[k]) for k in ("v", "v_mvs", "t"))
+    hard = identity_targets(ids_local, ids_all, torch.float64)
+    sd = s.detach()
+    n1 = n_itc(
+        out["v"], out["t"], v_all, t_all, ids_local, ids_all, s,
+        targets_i2t=soft_targets(hard, sd * out_nograd["v"] @ t2_all.t(), ALPHA),
+        targets_t2i=soft_targets(hard, sd * out_nograd["t"] @ v2_all.t(), ALPHA),
+    )  # fmt: skip
+    n2 = n_itc(
+        out["v_mvs"], out["t"], vm_all, t_all, ids_local, ids_all, s,
+        targets_i2t=soft_targets(hard, sd * out_nograd["v_mvs"] @ t2_all.t(), ALPHA),
+        targets_t2i=soft_targets(hard, sd * out_nograd["t"] @ vm2_all.t(), ALPHA),
+    )  # fmt: skip
+    terms = {
+        "n_itc": n1,
+        "n_itc_mvs": n2,
+        "r_itc": r_itc(out["v"], out["t"], v_all, t_all, ids_local, ids_all, s, eps=1e-2),
+        "c_itc": c_itc(v_all, t_all, 0.25),
+        "ss_i": ss_i_nt_xent(out["za"], out["zb"], za_all, zb_all, rank, temperature=0.1),
+    }
+    terms["total"], _ = combine_losses(
+        n1, n_itc_mvs=n2, r_itc=terms["r_itc"], ss_i=terms["ss_i"], c_itc=terms["c_itc"], mvs_mode="average"
+    )
+    return terms
+
+
+def losses_and_grads(model, forward, batch, rank, gather) -> dict[str, dict[str, torch.Tensor]]:
+    """For every term: (loss value, gradient of every parameter) after one backward pass."""
+    results = {}
+    for term in TERMS:
+        model.zero_grad(set_to_none=True)
+        out = forward(batch)
+        with torch.no_grad():
+            out_nograd = model(batch)
+        loss = full_preset_terms(out, out_nograd, batch["ids"], rank, gather)[term]
+        # Zero-weighted use of every output keeps all parameters in each graph, as DDP requires.
+        loss = loss + 0.0 * sum(value.sum() for value in out.values())
+        loss.backward()
+        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+        results[term] = {"loss": loss.detach().clone(), **grads}
+    return results
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
+    info = tdist.init_distributed(device="cpu")
+    try:
+        assert (info.rank, info.world_size, info.is_distributed) == (rank, WORLD, True)
+        rows = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+        batch = {key: value[rows] for key, value in global_batch().items()}
+        results: dict[str, torch.Tensor] = {}
+
+        for label, gather in (("global", tdist.gather_with_grad), ("baseline", tdist.gather_no_grad)):
+            model = make_model()
+            ddp = nn.parallel.DistributedDataParallel(model)
+            for term, values in losses_and_grads(model, ddp, batch, rank, gather).items():
+                for name, tensor in values.items():
+                    results[f"{label}/{term}/{name}"] = tensor
+            results[f"{label}/loss_mean"] = tdist.all_reduce_mean(results[f"{label}/total/loss"])
+
+        # Gather semantics on a bare tensor: slot r's gradient is the SUM over processes of what each
+        # sent to slot r (GlobalGrad), or only this process's own contribution (baseline).
+        for label, gather in (
+            ("gather_global", tdist.gather_with_grad),
+            ("gather_baseline", tdist.gather_no_grad),
+        ):
+            x = torch.full((2, 3), float(rank + 1), dtype=torch.float64, requires_grad=True)
+            gathered = gather(x)
+            weights = torch.arange(WORLD * 6, dtype=torch.float64).reshape(WORLD * 2, 3) * (rank + 1)
+            (gathered * weights).sum().backward()
+            results[f"{label}/value"] = gathered.detach()
+            results[f"{label}/grad"] = x.grad
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def single_process() -> dict[str, dict[str, torch.Tensor]]:
+    """One process at the whole batch: no process group, so every gather is the identity."""
+    assert tdist.get_world_size() == 1
+    model = make_model()
+    return losses_and_grads(model, model, global_batch(), 0, tdist.gather_with_grad)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("term", TERMS)
+def test_global_grad_ddp_matches_single_process(ddp_results, single_process, term):
+    reference = single_process[term]
+    # Row-averaged terms average over processes; C-ITC is the same B x B loss on each.
+    mean_loss = sum(r[f"global/{term}/loss"] for r in ddp_results) / WORLD
+    torch.testing.assert_close(mean_loss, reference["loss"], rtol=1e-10, atol=1e-12)
+    for name, ref_grad in reference.items():
+        if name == "loss":
+            continue
+        for rank, result in enumerate(ddp_results):
+            torch.testing.assert_close(
+                result[f"global/{term}/{name}"], ref_grad, rtol=1e-9, atol=1e-12,
+                msg=lambda m, name=name, rank=rank: f"{term} gradient of {name} on rank {rank}: {m}",
+            )  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_all_reduce_mean_of_loss_is_single_process_loss(ddp_results, single_process):
+    for result in ddp_results:
+        torch.testing.assert_close(result["global/loss_mean"], single_process["total"]["loss"])
+
+
+@pytest.mark.timeout(120)
+def test_no_grad_gather_baseline_gives_different_gradients(ddp_results, single_process):
+    reference = single_process["total"]
+    # Same forward values, so the same loss ...
+    mean_loss = sum(r["baseline/total/loss"] for r in ddp_results) / WORLD
+    torch.testing.assert_close(mean_loss, reference["loss"])
+    # ... but the cross-process gradient paths are missing.
+    for name in ("image.weight", "text.weight", "head.0.weight"):
+        diff = (ddp_results[0][f"baseline/total/{name}"] - reference[name]).abs().max().item()
+        assert diff > 1e-4 * reference[name].abs().max().item(), name
+    # the logit scale only enters the loss directly, so its gradient is the same in both
+    torch.testing.assert_close(ddp_results[0]["baseline/total/theta"], reference["theta"])
+
+
+@pytest.mark.timeout(120)
+def test_gather_gradient_semantics(ddp_results):
+    rows = 2
+    weights = [
+        torch.arange(WORLD * 6, dtype=torch.float64).reshape(WORLD * rows, 3) * (r + 1) for r in range(WORLD)
+    ]
+    expected_value = torch.cat(
+        [torch.full((rows, 3), float(r + 1), dtype=torch.float64) for r in range(WORLD)]
+    )
+    for rank, result in enumerate(ddp_results):
+        own = slice(rank * rows, (rank + 1) * rows)
+        torch.testing.assert_close(result["gather_global/value"], expected_value)
+        torch.testing.assert_close(result["gather_baseline/value"], expected_value)
+        torch.testing.assert_close(result["gather_global/grad"], sum(w[own] for w in weights))
+        torch.testing.assert_close(result["gather_baseline/grad"], weights[rank][own])
+
+
+# ---------------------------------------------------------------- single process, no torchrun
+
+
+def test_init_distributed_without_torchrun_is_single_process(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = tdist.init_distributed(device="cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.device) == (0, 1, 0, torch.device("cpu"))
+    assert not info.is_distributed and info.is_main and tdist.is_main()
+    tdist.barrier()  # no-op without a process group
+    x = torch.randn(3, 2, requires_grad=True)
+    assert tdist.gather_with_grad(x) is x and tdist.gather_no_grad(x) is x
+    torch.testing.assert_close(tdist.all_reduce_mean(x), x.detach())
+
+
+def test_init_distributed_rejects_bad_environment(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
+        tdist.init_distributed(device="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match="RANK, LOCAL_RANK unset"):
+        tdist.init_distributed(device="cpu")
+
+
+def test_local_batch_size():
+    assert tdist.local_batch_size(320, 4) == 80
+    with pytest.raises(ValueError, match="not divisible"):
+        tdist.local_batch_size(320, 3)
