@@ -32,6 +32,9 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/augment.smk"
 include: "workflow/rules/shards.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/collect.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -1,0 +1,34 @@
+"""`tbps collect`: per-run metrics (+ validation curves) -> one validated metrics table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "collect",
+        help="merge per-run metrics files (and validation curves) into one metrics table",
+        description=(
+            "Concatenate the Parquet files written by `tbps evaluate` (strictly validated: columns, dtypes, "
+            "NaN, ranges), optionally with the per-epoch validation curves written by `tbps train` "
+            "(split 'val', selection 'epoch'). Cross-dataset runs named <experiment>@<train dataset> get a "
+            "train_dataset column (= dataset for in-domain rows). One row per (dataset, train_dataset, "
+            "experiment, split, direction, selection, epoch), sorted; the text->image test rows are logged."
+        ),
+    )
+    parser.add_argument("--inputs", required=True, nargs="*", type=Path, metavar="PARQUET",
+                        help="metrics files written by `tbps evaluate`")
+    parser.add_argument("--val-curves", nargs="*", default=[], type=Path, metavar="PATH",
+                        help="val_curve.parquet files, or train folders results/{dataset}/{experiment}/train "
+                        "(a folder without a curve is skipped and logged); dataset and experiment are read "
+                        "from the path")
+    parser.add_argument("--out", required=True, type=Path, help="metrics Parquet file to write")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from tbps.collect import collect
+
+    collect(args.inputs, args.out, val_curves=args.val_curves)
+    return 0

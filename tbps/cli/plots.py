@@ -1,0 +1,80 @@
+"""``tbps plots training|metrics|examples``: PNG figures for the Snakemake report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plots",
+        help="report figures: training curves, metrics vs the paper, retrieval examples (PNG)",
+        description="Deterministic PNG figures (same inputs, same bytes), written atomically, each under 1 MB.",
+    )
+    figures = parser.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+
+    training = figures.add_parser(
+        "training", help="loss (total and per term), lr, logit scale, samples/s per step; val R@1/mAP per epoch")
+    training.add_argument("--log", required=True, type=Path, help="train_log.parquet written by `tbps train`")
+    training.add_argument("--val-curve", type=Path, default=None, metavar="PATH",
+                          help="val_curve.parquet, or the train folder (its val_curve.parquet is used when "
+                          "present: training writes one only for datasets with a val split)")
+    training.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    training.add_argument("--title", default=None, help="figure title (default: the log's path)")
+    training.set_defaults(func=_training)
+
+    metrics = figures.add_parser(
+        "metrics", help="R@1/R@5/R@10/mAP bars per experiment, with the paper's values and chance level")
+    metrics.add_argument("--inputs", required=True, nargs="+", type=Path, metavar="PARQUET",
+                         help="metrics files written by `tbps evaluate` (validated as by `tbps collect`)")
+    metrics.add_argument("--dataset", required=True, help="dataset whose text->image test rows are drawn")
+    metrics.add_argument("--annotations", type=Path, default=None,
+                         help="annotations.parquet of the dataset: draws the chance level of a random ranking")
+    metrics.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    metrics.add_argument("--title", default=None, help="figure title")
+    metrics.set_defaults(func=_metrics)
+
+    examples = figures.add_parser(
+        "examples", help="sample queries and worst failures with their top-5 images (green = correct)")
+    examples.add_argument("--examples", required=True, type=Path,
+                          help="examples Parquet written by `tbps evaluate --examples`")
+    examples.add_argument("--raw", required=True, type=Path,
+                          help="raw dataset folder (image_path in the examples is relative to it)")
+    examples.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    examples.add_argument("--per-kind", type=_positive_int, default=6,
+                          help="queries shown per kind (sample, worst; default 6)")
+    examples.add_argument("--title", default=None, help="figure title")
+    examples.set_defaults(func=_examples)
+
+
+def _training(args) -> int:
+    from tbps.plots import plot_training_from_dir
+
+    plot_training_from_dir(args.log, args.out, val_curve=args.val_curve, title=args.title)
+    return 0
+
+
+def _metrics(args) -> int:
+    from tbps.plots import plot_metrics_from_files
+
+    plot_metrics_from_files(args.inputs, args.out, dataset=args.dataset, annotations=args.annotations,
+                            title=args.title)
+    return 0
+
+
+def _examples(args) -> int:
+    from tbps.plots import plot_examples
+
+    plot_examples(args.examples, args.raw, args.out, per_kind=args.per_kind, title=args.title)
+    return 0
