@@ -153,6 +153,21 @@ class ExperimentConfig:
         d.pop("description", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
+    def resume_sha256(self) -> str:
+        """Hash of what a resumed run must share with the interrupted one."""
+        d = self.to_dict()
+        for section, keys in _RESUMABLE.items():
+            for key in keys:
+                d[section].pop(key, None)
+        d.pop("name", None)
+        d.pop("description", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# Settings that change neither the numbers nor the data order: a run may be resumed with other values.
+_RESUMABLE = {"train": ("max_steps", "checkpoint_every_steps", "log_every_steps", "eval_every_epoch"),
+              "data": ("num_workers",), "eval": ("batch_size", "query_chunk")}
+
 
 def _to_plain(obj):
     if isinstance(obj, dict):
@@ -242,32 +257,34 @@ def parse_dotted(pairs: list[str]) -> dict:
     return out
 
 
-def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Load an experiment file (differences from the defaults, with optional ``inherit``)."""
-    path = Path(path)
+def _experiment_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """(file, differences) pairs in the order they apply: parents first, then the file itself."""
+    path = path.resolve()
+    if path in seen:
+        raise UserInputError(f"{seen[0]}: 'inherit' loops through {path}. Fix: remove the cycle")
+    if not path.is_file():
+        raise UserInputError(f"{path}: experiment file not found. Fix: pick one of config/experiments/*.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserInputError(f"{path}: not valid YAML ({e}). Fix: correct the syntax") from e
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: top level must be a mapping of config sections")
+    parents = data.pop("inherit", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
     chain: list[tuple[Path, dict]] = []
-    seen: set[Path] = set()
-    current: Path | None = path
-    while current is not None:
-        current = current.resolve()
-        if current in seen:
-            raise UserInputError(f"{path}: 'inherit' loops through {current}. Fix: remove the cycle")
-        seen.add(current)
-        if not current.is_file():
-            raise UserInputError(
-                f"{current}: experiment file not found. Fix: pick one of config/experiments/*.yaml"
-            )
-        try:
-            data = yaml.safe_load(current.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserInputError(f"{current}: not valid YAML ({e}). Fix: correct the syntax") from e
-        if not isinstance(data, dict):
-            raise UserInputError(f"{current}: top level must be a mapping of config sections")
-        parent = data.pop("inherit", None)
-        chain.append((current, data))
-        current = (current.parent / f"{parent}.yaml") if parent else None
-    cfg = ExperimentConfig(name=path.stem)
-    for file, data in reversed(chain):
+    for parent in parents:
+        chain += _experiment_chain(path.parent / f"{parent}.yaml", (*seen, path))
+    return chain + [(path, data)]
+
+
+def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Load an experiment file: differences from the defaults, on top of its ``inherit`` parents
+    (a name or a list of names of sibling files, applied in order)."""
+    path = Path(path)
+    cfg = ExperimentConfig()
+    for file, data in _experiment_chain(path):
         apply_overrides(cfg, data, where=str(file))
     cfg.name = path.stem
     if overrides:

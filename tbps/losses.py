@@ -32,15 +32,14 @@ def _at_least_fp32(x: Tensor) -> Tensor:
 
 
 def clamped_logit_scale(theta: Tensor, max_scale: float = 100.0) -> Tensor:
-    """s = min(exp θ, max_scale) in value, with the clamp invisible to autograd (spec §5.3).
+    """s = min(exp θ, max_scale) in value; dL/dθ = s·∂L/∂s at every θ (spec §5.3).
 
-    The gradient always is dL/dθ = exp(θ)·∂L/∂s, with ∂L/∂s evaluated at the clamped s: the
-    clamp touches the value only, θ itself is not clipped. ``torch.clamp`` would instead give θ a
-    zero gradient above the clamp. Below the clamp this is plain ``exp(θ)``.
+    This is what the official implementation's in-place clamp of ``exp(θ).data`` does: the exp
+    backward multiplies by its (clamped) output, so θ is never clipped and keeps a gradient above
+    the clamp. ``torch.clamp`` would cut θ's gradient to 0 there instead.
     """
-    unclamped = theta.exp()
-    excess = (unclamped - max_scale).clamp(min=0.0).detach()
-    return unclamped - excess
+    value = theta.detach().exp().clamp(max=max_scale)
+    return value * torch.exp(theta - theta.detach())
 
 
 def identity_targets(local_ids: Tensor, gathered_ids: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from typing import NamedTuple
 
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from tbps.data.formats import (
     IMAGES_DIR,
@@ -34,6 +32,7 @@ from tbps.data.formats import (
 from tbps.datasets import DatasetInfo
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
+from tbps.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class Screening:
 def screen_records(records: Iterable[ImageRecord], raw_dir: Path, total: int | None = None) -> Screening:
     """Read every image header and drop what cannot be used, recording why."""
     result = Screening()
-    for record in tqdm(records, total=total, desc="reading image headers", unit="img", file=sys.stderr):
+    for record in progress(records, total=total, desc="reading image headers", unit="img"):
         result.input_images += 1
         result.input_captions += len(record.captions)
         try:
@@ -451,7 +450,7 @@ def check_raw(dataset: str, raw: str | os.PathLike) -> int:
         problems.append(f"the images folder {images_dir} does not exist")
         print(f"  PROBLEM  {IMAGES_DIR}/ folder not found at {images_dir}")
     else:
-        for r in tqdm(records, desc="looking for images", unit="img", file=sys.stderr):
+        for r in progress(records, desc="looking for images", unit="img"):
             (present if (raw / r.image_path).is_file() else missing).append(r)
         if missing:
             examples = ", ".join(r.image_path for r in missing[:3]) + (", ..." if len(missing) > 3 else "")

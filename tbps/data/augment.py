@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Protocol
 
 import polars as pl
-from tqdm import tqdm
 
 from tbps.data.augment_cache import AugmentCache, cache_key
 from tbps.errors import input_error
 from tbps.fileio import write_parquet_atomic
+from tbps.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def augment_texts(texts: Sequence[str], backend: Backend, cache: AugmentCache,
     counts["cached"] = len(raw)
     log.info("%s: %d distinct captions, %d in the cache, %d to compute (batches of %d)",
              backend.name, len(unique), len(raw), len(misses), batch_size)
-    with tqdm(total=len(misses), unit="captions", desc=f"augment {backend.name}", disable=not misses) as bar:
+    with progress(total=len(misses), unit="captions", desc=f"augment {backend.name}", disable=not misses) as bar:
         for start in range(0, len(misses), batch_size):
             batch = misses[start:start + batch_size]
             outputs = backend(batch)

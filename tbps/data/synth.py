@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from tbps.data.synth_render import render_photo
 from tbps.data.synth_text import CAPTION_STYLES, person_attributes, processed_tokens, write_caption
 from tbps.datasets import FORMATS, info
 from tbps.errors import UserInputError
 from tbps.fileio import write_text_atomic
+from tbps.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def generate_dataset(
         records = []
         made_dirs: set[Path] = set()
         people = {}
-        for item in tqdm(plan, desc=f"synth {fmt}", unit="img", mininterval=1.0):
+        for item in progress(plan, desc=f"synth {fmt}", unit="img"):
             person = people.get(item.identity)
             if person is None:
                 people.clear()  # images of one identity are consecutive; keep memory flat

@@ -19,7 +19,7 @@ rule augment:
     log:
         "logs/augment/{dataset}.log",
     benchmark:
-        "benchmarks/augment/{dataset}.tsv"
+        "logs/benchmarks/augment/{dataset}.tsv"
     conda:
         "../../envs/tbps.yaml"
     threads: 2

@@ -55,7 +55,7 @@ rule plot_examples:
     log:
         "logs/plots/{dataset}/{experiment}/examples.log",
     benchmark:
-        "benchmarks/plots/{dataset}/{experiment}/examples.tsv"
+        "logs/benchmarks/plots/{dataset}/{experiment}/examples.tsv"
     conda:
         "../../envs/tbps.yaml"
     threads: 1

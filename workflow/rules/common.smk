@@ -90,3 +90,35 @@ def planned_shards(wildcards):
 
 def shard_manifest(dataset, split):
     return f"results/{dataset}/shards/{split}/manifest.json"
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "experiment": experiment_file(wildcards),
+        "train": shard_manifest(wildcards.dataset, "train"),
+    }
+    if has_split(wildcards.dataset, "val"):
+        inputs["val"] = shard_manifest(wildcards.dataset, "val")
+    return inputs
+
+
+def is_cpu_experiment(experiment):
+    """The tiny_* experiments are the CPU models of the embedded demo and the tests."""
+    return experiment.startswith("tiny_")
+
+
+def train_gpus(wildcards):
+    # One GPU by default; a profile's `set-resources: train: gpu: N` asks for N (torchrun).
+    return 0 if is_cpu_experiment(wildcards.experiment) else 1
+
+
+def eval_gpus(wildcards):
+    return 0 if is_cpu_experiment(wildcards.experiment) else 1
+
+
+def launcher(wildcards, resources):
+    """`python -m tbps`, or torchrun with one process per GPU of the job."""
+    gpus = int(resources.get("gpu", 0) or 0)
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m tbps"
+    return "python -m tbps"

@@ -15,7 +15,7 @@ rule synth:
     log:
         "logs/synth/synthetic.log",
     benchmark:
-        "benchmarks/synth/synthetic.tsv"
+        "logs/benchmarks/synth/synthetic.tsv"
     conda:
         "../../envs/tbps.yaml"
     threads: 1
@@ -40,7 +40,7 @@ rule prepare:
     log:
         "logs/prepare/{dataset}.log",
     benchmark:
-        "benchmarks/prepare/{dataset}.tsv"
+        "logs/benchmarks/prepare/{dataset}.tsv"
     conda:
         "../../envs/tbps.yaml"
     threads: 1

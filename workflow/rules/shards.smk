@@ -10,7 +10,7 @@ checkpoint shard_plan:
         plan="results/{dataset}/shards/{split}/plan.json",
     params:
         raw=lambda wc: raw_dir(wc.dataset),
-        max_samples=config["shards"]["max_samples"],
+        max_samples=lambda wc: DATASETS[wc.dataset].get("shard_max_samples", config["shards"]["max_samples"]),
         max_bytes=shard_max_bytes_arg(),
         seed=config["shards"]["seed"],
     log:
@@ -41,7 +41,7 @@ rule shard:
     log:
         "logs/shards/{dataset}/{split}/shard-{index}.log",
     benchmark:
-        "benchmarks/shards/{dataset}/{split}/shard-{index}.tsv"
+        "logs/benchmarks/shards/{dataset}/{split}/shard-{index}.tsv"
     conda:
         "../../envs/tbps.yaml"
     threads: 1

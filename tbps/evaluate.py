@@ -1,0 +1,186 @@
+"""Evaluation stage: encode a split's captions and images, rank, write metrics and examples.
+
+The protocol is the faithful one (spec §2.3, §8): every caption is a query, every
+image is in the gallery, relevance = same person id; eval mode, fp32, cleaned
+(not augmented) captions, the eval image transform. Text->image is the reported
+direction; image->text (images as queries over the captions) is stored beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import DataLoader
+
+from tbps.config import ExperimentConfig, config_from_dict
+from tbps.data.captions import clean_caption
+from tbps.data.shard_reader import load_manifest, open_shards
+from tbps.data.transforms import eval_transform
+from tbps.fileio import sha256_file, write_parquet_atomic
+from tbps.metrics import retrieval_metrics, topk_indices
+from tbps.progress import progress
+from tbps.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_TOP_K = 5
+
+
+@dataclass
+class Encoded:
+    image_features: torch.Tensor
+    image_ids: np.ndarray
+    image_paths: list[str]
+    text_features: torch.Tensor
+    text_ids: np.ndarray
+    captions: list[str]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]]
+    """direction ('t2i', 'i2t') -> R1, R5, R10, mAP, mINP."""
+    num_queries: dict[str, int]
+    num_gallery: dict[str, int]
+    encoded: Encoded | None = field(default=None, repr=False)
+
+
+class _EvalImages(torch.utils.data.IterableDataset):
+    """Decoded, eval-transformed images of a split in manifest order, with their metadata."""
+
+    def __init__(self, manifest: Path, image_size, normalisation: str, num_workers: int):
+        self.pipeline = open_shards(manifest, shuffle=False, seed=0, split_by_node=False,
+                                    num_workers=max(num_workers, 1))
+        self.transform = eval_transform(image_size, normalisation)
+
+    def __iter__(self):
+        for sample in self.pipeline:
+            meta = sample["json"]
+            yield self.transform(sample["image"]), meta["person_id"], meta["image_path"], list(meta["captions"])
+
+
+@torch.no_grad()
+def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation: str, batch_size: int,
+                 device: torch.device, max_words: int = 77, num_workers: int = 2) -> Encoded:
+    model.eval()
+    manifest = Path(manifest)
+    total = int(load_manifest(manifest)["num_samples"])
+    loader = DataLoader(_EvalImages(manifest, image_size, normalisation, num_workers), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=lambda rows: rows)
+    image_features, image_ids, image_paths, captions, text_ids = [], [], [], [], []
+    with progress(total=total, desc="encode images", unit="img") as bar:
+        for rows in loader:
+            images = torch.stack([r[0] for r in rows]).to(device)
+            image_features.append(model.encode_image(images).float().cpu())
+            for _, pid, path, caps in rows:
+                image_ids.append(pid)
+                image_paths.append(path)
+                captions.extend(caps)
+                text_ids.extend([pid] * len(caps))
+            bar.update(len(rows))
+    text_features = []
+    cleaned = [clean_caption(c, max_words=max_words) for c in captions]
+    for start in progress(range(0, len(cleaned), batch_size), desc="encode captions", unit="batch"):
+        tokens = tokenizer(cleaned[start:start + batch_size]).to(device)
+        text_features.append(model.encode_text(tokens).float().cpu())
+    return Encoded(torch.cat(image_features), np.asarray(image_ids, dtype=np.int64), image_paths,
+                   torch.cat(text_features), np.asarray(text_ids, dtype=np.int64), captions)
+
+
+def score(encoded: Encoded, query_chunk: int = 1024) -> EvalResult:
+    t2i = encoded.text_features @ encoded.image_features.t()
+    metrics = {
+        "t2i": retrieval_metrics(t2i, encoded.text_ids, encoded.image_ids, query_chunk=query_chunk),
+        "i2t": retrieval_metrics(t2i.t(), encoded.image_ids, encoded.text_ids, query_chunk=query_chunk),
+    }
+    return EvalResult(
+        metrics,
+        num_queries={"t2i": len(encoded.text_ids), "i2t": len(encoded.image_ids)},
+        num_gallery={"t2i": len(encoded.image_ids), "i2t": len(encoded.text_ids)},
+        encoded=encoded,
+    )
+
+
+def evaluate_model(model, tokenizer, manifest: Path, cfg: ExperimentConfig, device: torch.device,
+                   num_workers: int = 2) -> EvalResult:
+    """Encode and score one split with the model as it is (used per epoch by training)."""
+    encoded = encode_split(model, tokenizer, manifest, image_size=cfg.model.image_size,
+                           normalisation=cfg.data.normalisation, batch_size=cfg.eval.batch_size, device=device,
+                           max_words=cfg.data.max_words, num_workers=num_workers)
+    return score(encoded, cfg.eval.query_chunk)
+
+
+def retrieval_examples(encoded: Encoded, *, num_queries: int = 12, num_failures: int = 12,
+                       k: int = EXAMPLES_TOP_K, seed: int = 0) -> pl.DataFrame:
+    """Top-k images for a seeded sample of queries plus the worst failures (lowest-ranked first positive)."""
+    sim = encoded.text_features @ encoded.image_features.t()
+    top = topk_indices(sim, k).numpy()
+    positive = encoded.image_ids[None, :] == encoded.text_ids[:, None]
+    best_positive = np.where(positive, sim.numpy(), -np.inf).max(axis=1)
+    first_rank = (sim.numpy() > best_positive[:, None]).sum(axis=1) + 1
+    rng = np.random.default_rng(seed)
+    sampled = rng.choice(len(encoded.captions), size=min(num_queries, len(encoded.captions)), replace=False)
+    failures = np.argsort(-first_rank, kind="stable")[:num_failures]
+    rows = []
+    for kind, queries in (("sample", sampled), ("worst", failures)):
+        for q in queries:
+            for rank, g in enumerate(top[q], start=1):
+                rows.append({"kind": kind, "query": int(q), "caption": encoded.captions[q],
+                             "query_person_id": int(encoded.text_ids[q]), "first_positive_rank": int(first_rank[q]),
+                             "rank": rank, "image_path": encoded.image_paths[g],
+                             "person_id": int(encoded.image_ids[g]), "correct": bool(encoded.image_ids[g] == encoded.text_ids[q]),
+                             "score": float(sim[q, g])})
+    return pl.DataFrame(rows)
+
+
+def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset: str, experiment: str,
+             split: str = "test", examples_out: Path | None = None, device: str = "auto",
+             experiment_file: Path | None = None, num_workers: int = 2) -> pl.DataFrame:
+    """Evaluate a trained checkpoint (or, without one, the experiment's pretrained weights: zero-shot)."""
+    from tbps import checkpoint as ckpt
+    from tbps.config import load_experiment
+    from tbps.model import build_model, load_checkpoint_weights
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if checkpoint_path is not None:
+        state = ckpt.load(checkpoint_path, map_location="cpu")
+        cfg = config_from_dict(state["config"])
+        cfg.model.pretrained = None  # the checkpoint holds every weight
+        bundle = build_model(cfg.model, with_simclr_head=cfg.loss.ss_i_weight > 0)
+        load_checkpoint_weights(bundle.model, state["model"], source=str(checkpoint_path))
+        epoch, seed = int(state["epochs"]), int(state["seed"])
+    else:
+        cfg = load_experiment(experiment_file)
+        bundle = build_model(cfg.model, with_simclr_head=False)
+        epoch, seed = 0, cfg.train.seed
+    model = bundle.model.to(dev)
+    result = evaluate_model(model, bundle.tokenizer, manifest, cfg, dev, num_workers=num_workers)
+    data_sha = sha256_file(manifest)
+    created = datetime.now(UTC).replace(microsecond=0).isoformat()
+    rows = []
+    for direction, metrics in result.metrics.items():
+        rows.append({
+            "dataset": dataset, "experiment": experiment, "split": split, "direction": direction,
+            "epoch": epoch, "selection": "last" if checkpoint_path is not None else "zero-shot", **metrics,
+            "num_queries": result.num_queries[direction], "num_gallery": result.num_gallery[direction],
+            "seed": seed, "config_sha256": cfg.sha256(), "data_sha256": data_sha, "code_version": code_version(),
+            "checkpoint": str(checkpoint_path) if checkpoint_path is not None else "",
+            "created_at": created,
+        })
+    table = pl.DataFrame(rows)
+    write_parquet_atomic(table, out)
+    t2i = result.metrics["t2i"]
+    log.info("%s / %s on %s %s (t2i, %d queries x %d images): R@1 %.2f R@5 %.2f R@10 %.2f mAP %.2f mINP %.2f",
+             experiment, dataset, split, "checkpoint" if checkpoint_path else "zero-shot",
+             result.num_queries["t2i"], result.num_gallery["t2i"], t2i["R1"], t2i["R5"], t2i["R10"], t2i["mAP"],
+             t2i["mINP"])
+    if examples_out is not None:
+        write_parquet_atomic(retrieval_examples(result.encoded), examples_out)
+    return table

@@ -1,0 +1,298 @@
+"""Fine-tuning stage: shards -> checkpoints, per-step log, validation curve.
+
+Launched as ``tbps train`` on one device or with ``torchrun --nproc_per_node P``
+(GlobalGrad: every process gathers the features of all P; gradients are averaged
+across processes after the backward). A global batch larger than memory allows is
+computed exactly by gradient caching (``train.grad_cache_chunk``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from tbps import __version__, checkpoint, losses
+from tbps.config import ExperimentConfig
+from tbps.data.loader import EpochBatchSampler, ShardIndex, TrainPairs, pair_table
+from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from tbps.errors import UserInputError
+from tbps.fileio import sha256_file, write_parquet_atomic, write_text_atomic
+from tbps.gradcache import grad_cached_backward
+from tbps.objective import LossWeights, batch_inputs, nograd_pass, step_loss
+from tbps.progress import progress
+from tbps.schedule import learning_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainPaths:
+    out: Path
+
+    @property
+    def last(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.out / "final.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "train_log.parquet"
+
+    @property
+    def val(self) -> Path:
+        return self.out / "val_curve.parquet"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = full fp32. 'auto' is bf16 on CUDA (no loss scaling needed) and fp32 on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _build_data(cfg: ExperimentConfig, manifest: Path, model_bundle, dist: DistInfo):
+    from tbps.data import transforms
+
+    index = ShardIndex.from_manifest(manifest)
+    missing = [s.meta.get("image_path") for s in index.samples if s.meta.get("train_id") is None]
+    if missing:
+        raise UserInputError(
+            f"{manifest}: {len(missing)} samples have no train_id (first: {missing[0]}). "
+            "Fix: train on the train split's manifest"
+        )
+    pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
+    size = tuple(cfg.model.image_size)
+    pool = transforms.train_pool_transform(size, cfg.data.normalisation, enabled=cfg.data.image_pool)
+    weights = LossWeights.from_config(cfg.loss)
+    dataset = TrainPairs(
+        index, pairs, tokenize=model_bundle.tokenizer, image_transform=pool,
+        mvs_transform=pool if weights.mvs else None,
+        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if weights.uses_simclr else None,
+        backtranslation_prob=cfg.data.backtranslation_prob, word_deletion_prob=cfg.data.word_deletion_prob,
+        max_words=cfg.data.max_words,
+    )
+    return index, pairs, dataset
+
+
+def _loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -> DataLoader:
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        # A private generator: creating the iterator must not consume the global RNG, whose
+        # stream (dropout masks) has to continue exactly across a resume.
+        generator=torch.Generator(), persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def _average_gradients(model: torch.nn.Module, dist: DistInfo) -> None:
+    """Data-parallel averaging over processes (what DDP would do), done explicitly because the
+    gradient-cached step runs several backwards per step."""
+    if dist.world_size == 1:
+        return
+    import torch.distributed as tdist
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+    flat /= dist.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifest: Path | None = None,
+          resume: bool = False, device: str = "auto") -> Path:
+    from tbps.model import build_model, param_groups
+
+    dist = init_distributed(device)
+    dev = dist.device
+    if dev.type == "cpu" and device == "auto":
+        warnings.warn("no GPU found: training on the CPU (fine for the tiny models, far too slow for ViT-B/16)",
+                      stacklevel=1)
+    paths = TrainPaths(Path(out))
+    seed_everything(cfg.train.seed)
+    weights = LossWeights.from_config(cfg.loss)
+    bundle = build_model(cfg.model, with_simclr_head=weights.uses_simclr)
+    model = bundle.model.to(dev)
+    index, pairs, dataset = _build_data(cfg, Path(train_manifest), bundle, dist)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+    )
+    global_batch = cfg.data.batch_size
+    steps_per_epoch = len(pairs) // global_batch
+    if steps_per_epoch == 0:
+        raise UserInputError(
+            f"{train_manifest}: {len(pairs)} training pairs are fewer than one batch of {global_batch}. "
+            "Fix: lower data.batch_size"
+        )
+    lr_at = lambda step: learning_rate(  # noqa: E731
+        step, steps_per_epoch=steps_per_epoch, epochs=cfg.optim.epochs, peak=cfg.optim.lr,
+        warmup_start=cfg.optim.warmup_start_lr, warmup_epochs=cfg.optim.warmup_epochs, final=cfg.optim.min_lr,
+    )
+    amp_dtype = autocast_dtype(cfg.train.precision, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch, start_batch, global_step = 0, 0, 0
+    log_rows: list[dict] = []
+    val_rows: list[dict] = []
+    if resume and paths.last.is_file():
+        state = checkpoint.load(paths.last, map_location=dev)
+        if state["resume_sha256"] != cfg.resume_sha256():
+            raise UserInputError(
+                f"{paths.last}: checkpoint was made with another configuration. Fix: delete "
+                f"{paths.out} to start over, or resume with the configuration it was made with"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, start_batch, global_step = state["epoch"], state["next_batch"], state["global_step"]
+        log_rows, val_rows = list(state["log_rows"]), list(state["val_rows"])
+        checkpoint.set_rng_state(state["rng"], dev)
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", paths.last, start_epoch + 1, start_batch,
+                 global_step)
+    elif resume:
+        log.info("no checkpoint at %s: starting from scratch", paths.last)
+
+    if dist.is_main:
+        paths.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(paths.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log.info("training %s on %d pairs (%d images): %d epochs x %d steps of %d, %d process(es), device %s",
+             cfg.name, len(pairs), len(index.samples), cfg.optim.epochs, steps_per_epoch, global_batch,
+             dist.world_size, dev)
+
+    def encode(name: str, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if name == "text":
+                return model.encode_text(x)
+            if name.startswith("simclr"):
+                return model.simclr(x)
+            return model.encode_image(x)
+
+    def save_checkpoint(epoch: int, next_batch: int) -> None:
+        if not dist.is_main:
+            return
+        checkpoint.save(paths.last, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch, "next_batch": next_batch, "global_step": global_step,
+            "rng": checkpoint.rng_state(dev), "config": cfg.to_dict(), "resume_sha256": cfg.resume_sha256(),
+            "log_rows": log_rows, "val_rows": val_rows,
+        })
+        write_parquet_atomic(pl.DataFrame(log_rows), paths.log) if log_rows else None
+
+    max_steps = cfg.train.max_steps
+    stopped_early = False
+    model.train()
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        sampler = EpochBatchSampler(len(pairs), global_batch, seed=cfg.train.seed, epoch=epoch, rank=dist.rank,
+                                    world_size=dist.world_size, start_batch=start_batch if epoch == start_epoch else 0)
+        bar = progress(total=steps_per_epoch, initial=sampler.start_batch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                   disable=not dist.is_main)
+        tick = time.perf_counter()
+        for step_in_epoch, batch in enumerate(_loader(dataset, sampler, cfg, dev), start=sampler.start_batch):
+            lr = lr_at(global_step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            alpha = losses.soft_label_alpha(step_in_epoch, steps_per_epoch, epoch, weights.alpha,
+                                            cfg.loss.soft_label_ramp_epochs)
+            ids = batch["train_id"].to(dev)
+            inputs = batch_inputs(batch, weights)
+            nograd = nograd_pass(encode, inputs, cfg.train.grad_cache_chunk) if alpha > 0 else None
+            scale = model.logit_scale_value()
+
+            def loss_fn(emb, scale=scale, ids=ids, alpha=alpha, nograd=nograd):
+                return step_loss(emb, ids, scale, weights, alpha=alpha, rank=dist.rank, nograd=nograd)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss, terms = grad_cached_backward(encode, inputs, loss_fn, cfg.train.grad_cache_chunk,
+                                               scale_loss=scaler.scale)
+            _average_gradients(model, dist)
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+
+            now = time.perf_counter()
+            samples_per_s = global_batch / max(now - tick, 1e-9)
+            tick = now
+            row = {"epoch": epoch + 1, "step": step_in_epoch + 1, "global_step": global_step, "lr": lr,
+                   "alpha": alpha, "logit_scale": float(scale.detach()), "samples_per_s": samples_per_s}
+            row.update({f"loss_{k}": float(all_reduce_mean(v)) for k, v in terms.items()})
+            log_rows.append(row)
+            bar.set_postfix(loss=f"{row['loss_total']:.3f}", sps=f"{samples_per_s:.0f}")
+            bar.update(1)
+            if global_step % cfg.train.log_every_steps == 0:
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e scale %.1f %.0f samples/s", epoch + 1,
+                         step_in_epoch + 1, steps_per_epoch, row["loss_total"], lr, row["logit_scale"], samples_per_s)
+            if not math.isfinite(row["loss_total"]):
+                raise RuntimeError(f"loss became {row['loss_total']} at step {global_step}; lower optim.lr")
+            if max_steps is not None and global_step >= max_steps:
+                save_checkpoint(epoch, step_in_epoch + 1)
+                stopped_early = True
+                break
+            if global_step % cfg.train.checkpoint_every_steps == 0:
+                save_checkpoint(epoch, step_in_epoch + 1)
+        bar.close()
+        if stopped_early:
+            log.info("stopped after %d steps (train.max_steps); resume with --resume", global_step)
+            break
+        start_batch = 0
+        if val_manifest is not None and cfg.train.eval_every_epoch and dist.is_main:
+            val_rows.extend(_validate(model, bundle, cfg, Path(val_manifest), dev, epoch + 1))
+            model.train()
+        save_checkpoint(epoch + 1, 0)
+        barrier()
+
+    if dist.is_main:
+        write_parquet_atomic(pl.DataFrame(log_rows), paths.log)
+        if val_rows:
+            write_parquet_atomic(pl.DataFrame(val_rows), paths.val)
+        if not stopped_early:
+            checkpoint.save(paths.final, {
+                "model": model.state_dict(), "config": cfg.to_dict(), "config_sha256": cfg.sha256(),
+                "epochs": cfg.optim.epochs, "global_step": global_step, "seed": cfg.train.seed,
+                "code_version": __version__, "train_manifest_sha256": sha256_file(train_manifest),
+            })
+            log.info("wrote %s", paths.final)
+    cleanup()
+    return paths.final
+
+
+def _validate(model, bundle, cfg: ExperimentConfig, manifest: Path, device: torch.device, epoch: int) -> list[dict]:
+    from tbps.evaluate import evaluate_model
+
+    results = evaluate_model(model, bundle.tokenizer, manifest, cfg, device)
+    rows = []
+    for direction, metrics in results.metrics.items():
+        rows.append({"epoch": epoch, "split": "val", "direction": direction, **metrics})
+    t2i = results.metrics["t2i"]
+    log.info("epoch %d val t2i: R@1 %.2f R@5 %.2f R@10 %.2f mAP %.2f mINP %.2f", epoch, t2i["R1"], t2i["R5"],
+             t2i["R10"], t2i["mAP"], t2i["mINP"])
+    return rows
