@@ -197,6 +197,12 @@ def _coerce(value, annotation, where: str):
             raise UserInputError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept what float() accepts.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserInputError(f"{where}: expected a number, got {value!r}")
         return float(value)

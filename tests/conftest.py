@@ -18,3 +18,26 @@ def synthetic_raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("raw") / "synthetic"
     generate_dataset("cuhk-pedes", out, ids=40, seed=0, val_ids=8, test_ids=8)
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(synthetic_raw, tmp_path_factory):
+    """Prepared table, synonym paraphrases and shards (train/val/test) of ``synthetic_raw``.
+
+    Returns a dict with the raw folder and each split's manifest path.
+    """
+    from tbps.data.annotations import prepare
+    from tbps.data.augment import augment_captions, make_backend
+    from tbps.data.shards import write_split
+
+    root = tmp_path_factory.mktemp("prepared")
+    table = root / "annotations.parquet"
+    prepare("synthetic", synthetic_raw, table)
+    augmented = root / "captions_aug.parquet"
+    augment_captions(table, augmented, make_backend("synonyms", seed=0))
+    out = {"raw": synthetic_raw, "annotations": table}
+    for split in ("train", "val", "test"):
+        write_split(table, split, synthetic_raw, root / "shards" / split,
+                    augmented=augmented if split == "train" else None, max_samples=48, progress=False)
+        out[split] = root / "shards" / split / "manifest.json"
+    return out

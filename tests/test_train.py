@@ -1,0 +1,148 @@
+"""Training stage: every loss term runs, resume is exact, DDP and gradient caching match one big batch."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+import torch
+
+from tbps import checkpoint
+from tbps.config import load_experiment
+from tbps.train import train
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "config", "experiments")
+
+
+def experiment(name, **sections):
+    overrides = {"data": {"batch_size": 32, "num_workers": 0}, "optim": {"epochs": 2},
+                 "train": {"checkpoint_every_steps": 1000, "log_every_steps": 1000}}
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_experiment(os.path.join(EXPERIMENTS, f"{name}.yaml"), overrides)
+
+
+def weights(path):
+    return checkpoint.load(path)["model"]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
+
+
+def test_full_preset_logs_every_loss_term(synthetic_shards, tmp_path):
+    cfg = experiment("tiny_tbps_clip", optim={"epochs": 1}, data={"few_shot_fraction": 0.4})
+    final = train(cfg, synthetic_shards["train"], tmp_path, val_manifest=synthetic_shards["val"])
+    log = pl.read_parquet(tmp_path / "train_log.parquet")
+    for term in ("loss_n_itc", "loss_n_itc_mvs", "loss_r_itc", "loss_ss_i", "loss_c_itc", "loss_total"):
+        assert term in log.columns and log[term].is_finite().all(), term
+    assert log["alpha"][0] == 0.0 and 0 < log["alpha"][-1] < 0.5  # soft-label ramp in epoch 1
+    assert {"lr", "logit_scale", "samples_per_s"} <= set(log.columns)
+    val = pl.read_parquet(tmp_path / "val_curve.parquet")
+    assert set(val["direction"]) == {"t2i", "i2t"} and (val["epoch"] == 1).all()
+    saved = checkpoint.load(final)
+    assert saved["config"]["loss"]["ss_i_weight"] == 0.4
+    assert any(k.startswith("simclr_head.") for k in saved["model"])
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards, tmp_path):
+    """Stop mid-epoch (train.max_steps acts as the kill), resume with a different worker count:
+    the final weights equal an uninterrupted run bit for bit (dropout and augmentations included)."""
+    shards = synthetic_shards["train"]
+    base = dict(data={"few_shot_fraction": 0.5})
+    full = train(experiment("tiny_tbps_clip", **base), shards, tmp_path / "full")
+    steps_per_epoch = checkpoint.load(full)["global_step"] // 2
+    assert steps_per_epoch >= 3
+
+    cut = experiment("tiny_tbps_clip", train={"max_steps": steps_per_epoch + 1}, **base)
+    train(cut, shards, tmp_path / "cut")
+    state = checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["next_batch"]) == (1, 1)  # mid-epoch 2
+    assert not (tmp_path / "cut" / "final.pt").exists()
+
+    resumed_cfg = experiment("tiny_tbps_clip", data={"few_shot_fraction": 0.5, "num_workers": 2})
+    resumed = train(resumed_cfg, shards, tmp_path / "cut", resume=True)
+    assert_same_weights(weights(resumed), weights(full))
+    log = pl.read_parquet(tmp_path / "cut" / "train_log.parquet")
+    assert log["global_step"].to_list() == list(range(1, 2 * steps_per_epoch + 1))
+
+
+def test_sigkill_mid_epoch_then_resume(synthetic_shards, tmp_path):
+    """A real kill -9 of the training process, then --resume, ends with the uninterrupted weights."""
+    shards = synthetic_shards["train"]
+    reference = train(experiment("tiny_tbps_clip_simplified", data={"few_shot_fraction": 0.5}), shards,
+                      tmp_path / "reference")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tbps", "train", "--experiment",
+           os.path.join(EXPERIMENTS, "tiny_tbps_clip_simplified.yaml"), "--train", str(shards), "--out", str(out),
+           "--set", "data.batch_size=32", "--set", "data.num_workers=0", "--set", "optim.epochs=2",
+           "--set", "data.few_shot_fraction=0.5", "--set", "train.checkpoint_every_steps=1",
+           "--set", "train.log_every_steps=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if last.exists() and checkpoint.load(last)["global_step"] >= 3:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("training wrote no checkpoint in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "final.pt").exists()
+    resumed = train(experiment("tiny_tbps_clip_simplified", data={"few_shot_fraction": 0.5}), shards, out,
+                    resume=True)
+    assert_same_weights(weights(resumed), weights(reference))
+
+
+def _layernorm_model(**extra):
+    # The tiny ResNet tower has BatchNorm, whose statistics depend on how the batch is split;
+    # the ViT tower (like ViT-B/16) has only LayerNorm, so batch splitting is exact.
+    # Dropout off: its masks are drawn per process/chunk, the one legitimate difference.
+    # Adam eps 1e-3: the attention key bias has a mathematically zero gradient (softmax is shift
+    # invariant), and Adam would turn its 1e-10 round-off into +-lr steps of random sign.
+    sections = {"model": {"name": "TBPS-Tiny-ViT", "text_attn_dropout": 0.0},
+                "data": {"few_shot_fraction": 0.2}, "optim": {"epochs": 1, "eps": 1e-3}}
+    for key, values in extra.items():
+        sections.setdefault(key, {}).update(values)
+    return sections
+
+
+def test_gradient_cache_chunks_train_like_one_batch(synthetic_shards, tmp_path):
+    shards = synthetic_shards["train"]
+    plain = train(experiment("tiny_tbps_clip", **_layernorm_model()), shards, tmp_path / "plain")
+    chunked = train(experiment("tiny_tbps_clip", **_layernorm_model(train={"grad_cache_chunk": 7})), shards,
+                    tmp_path / "chunked")
+    assert checkpoint.load(plain)["global_step"] >= 2
+    assert_same_weights(weights(chunked), weights(plain), atol=2e-5)
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_two_processes_match_one_process(synthetic_shards, tmp_path):
+    """GlobalGrad end to end: `torchrun --nproc_per_node 2 -m tbps train` (gloo, CPU) at batch 32
+    (16 per process) ends with the weights of one process at batch 32."""
+    shards = synthetic_shards["train"]
+    single = train(experiment("tiny_tbps_clip", **_layernorm_model()), shards, tmp_path / "single")
+    sets = ["model.name=TBPS-Tiny-ViT", "model.text_attn_dropout=0.0", "data.few_shot_fraction=0.2",
+            "optim.epochs=1", "optim.eps=1e-3", "data.batch_size=32", "data.num_workers=0", "train.checkpoint_every_steps=1000"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tbps",
+           "train", "--experiment", os.path.join(EXPERIMENTS, "tiny_tbps_clip.yaml"), "--train", str(shards),
+           "--out", str(tmp_path / "ddp"), "--device", "cpu"]
+    for item in sets:
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr
+    assert_same_weights(weights(tmp_path / "ddp" / "final.pt"), weights(single), atol=2e-5)
