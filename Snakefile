@@ -25,7 +25,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="train|val|test",
-    experiment="[A-Za-z0-9_]+",
+    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+)?",
     index=r"\d{6}",
 
 

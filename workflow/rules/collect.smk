@@ -73,7 +73,7 @@ rule plot_metrics:
         metrics=lambda wc: expand(
             "results/{dataset}/{experiment}/eval/test.parquet",
             dataset=wc.dataset,
-            experiment=DATASETS[wc.dataset]["experiments"],
+            experiment=evaluated_runs(wc.dataset),
         ),
         table="results/{dataset}/prepared/annotations.parquet",
     output:
@@ -102,19 +102,19 @@ rule collect:
         metrics=lambda wc: expand(
             "results/{dataset}/{experiment}/eval/test.parquet",
             dataset=wc.dataset,
-            experiment=DATASETS[wc.dataset]["experiments"],
+            experiment=evaluated_runs(wc.dataset),
         ),
         # Declared stand-ins for the undeclared val_curve.parquet beside them (see the top).
         train_logs=lambda wc: expand(
             "results/{dataset}/{experiment}/train/train_log.parquet",
             dataset=wc.dataset,
-            experiment=DATASETS[wc.dataset]["experiments"],
+            experiment=trained_runs(wc.dataset),
         ),
         figures=lambda wc: [f"results/{wc.dataset}/plots/metrics.png"]
         + expand(
             "results/{dataset}/{experiment}/plots/{figure}.png",
             dataset=wc.dataset,
-            experiment=DATASETS[wc.dataset]["experiments"],
+            experiment=trained_runs(wc.dataset),
             figure=["training", "examples"],
         ),
     output:

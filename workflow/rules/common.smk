@@ -49,8 +49,51 @@ def raw_annotation(wildcards):
     sys.exit(1)
 
 
+FEW_SHOT_SUFFIX = "-fs"
+ZERO_SHOT = "zero_shot"
+
+
+def base_experiment(run):
+    """`tbps_clip-fs0.05` (a few-shot run of tbps_clip) -> `tbps_clip`."""
+    return run.split(FEW_SHOT_SUFFIX)[0]
+
+
 def experiment_file(wildcards):
-    return str(EXPERIMENT_DIR / f"{wildcards.experiment}.yaml")
+    return str(EXPERIMENT_DIR / f"{base_experiment(wildcards.experiment)}.yaml")
+
+
+def few_shot_override(wildcards):
+    """`--set data.few_shot_fraction=F` for few-shot runs (spec §9), nothing otherwise."""
+    _, _, fraction = wildcards.experiment.partition(FEW_SHOT_SUFFIX)
+    return f"--set data.few_shot_fraction={fraction}" if fraction else ""
+
+
+def trained_runs(dataset):
+    """The dataset's experiments plus a few-shot run of each per extras.few_shot_fractions."""
+    experiments = DATASETS[dataset]["experiments"]
+    fractions = config.get("extras", {}).get("few_shot_fractions", [])
+    return experiments + [f"{e}{FEW_SHOT_SUFFIX}{f:g}" for e in experiments for f in fractions]
+
+
+def zero_shot_experiment(dataset):
+    """The experiment whose pretrained weights give the zero-shot row, or None.
+
+    Only for extras.zero_shot and experiments that start from pretrained weights (the tiny
+    CPU models are trained from scratch: there is nothing to evaluate zero-shot).
+    """
+    from tbps.config import load_experiment
+
+    if not config.get("extras", {}).get("zero_shot", False):
+        return None
+    for experiment in DATASETS[dataset]["experiments"]:
+        if load_experiment(EXPERIMENT_DIR / f"{experiment}.yaml").model.pretrained:
+            return experiment
+    return None
+
+
+def evaluated_runs(dataset):
+    zero_shot = [ZERO_SHOT] if zero_shot_experiment(dataset) else []
+    return trained_runs(dataset) + zero_shot
 
 
 def has_split(dataset, split):

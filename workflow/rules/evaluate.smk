@@ -26,6 +26,27 @@ rule evaluate:
         " --experiment {wildcards.experiment} --split test > {log} 2>&1"
 
 
+rule evaluate_zero_shot:
+    """The pretrained weights without fine-tuning (extras.zero_shot): the 'zero_shot' row."""
+    input:
+        experiment=lambda wc: str(EXPERIMENT_DIR / f"{zero_shot_experiment(wc.dataset)}.yaml"),
+        shards=lambda wc: shard_manifest(wc.dataset, "test"),
+    output:
+        metrics="results/{dataset}/zero_shot/eval/test.parquet",
+    log:
+        "logs/evaluate/{dataset}/zero_shot.log",
+    conda:
+        "../../envs/tbps.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m tbps evaluate --zero-shot {input.experiment} --shards {input.shards}"
+        " --out {output.metrics} --dataset {wildcards.dataset} --experiment zero_shot --split test > {log} 2>&1"
+
+
 rule evaluate_cross:
     """A model trained on one dataset, evaluated on another dataset's test split."""
     input:

@@ -1,0 +1,69 @@
+"""Evaluation stage: metrics rows with provenance, retrieval examples, zero-shot from a local weights file."""
+
+import os
+
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from tbps.cli import main
+from tbps.config import load_experiment
+from tbps.evaluate import Encoded, score
+from tbps.model import build_model
+from tbps.train import train
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "config", "experiments")
+METRIC_COLUMNS = ["R1", "R5", "R10", "mAP", "mINP"]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    cfg = load_experiment(os.path.join(EXPERIMENTS, "tiny_tbps_clip_simplified.yaml"),
+                          {"data": {"batch_size": 32, "num_workers": 0}, "optim": {"epochs": 1}})
+    return train(cfg, synthetic_shards["train"], out)
+
+
+def test_evaluate_checkpoint_writes_rows_with_provenance(trained, synthetic_shards, tmp_path):
+    out, examples = tmp_path / "test.parquet", tmp_path / "examples.parquet"
+    code = main(["evaluate", "--checkpoint", str(trained), "--shards", str(synthetic_shards["test"]),
+                 "--out", str(out), "--examples", str(examples), "--dataset", "synthetic",
+                 "--experiment", "tiny_tbps_clip_simplified", "--workers", "0"])
+    assert code == 0
+    rows = pl.read_parquet(out)
+    assert sorted(rows["direction"]) == ["i2t", "t2i"]
+    t2i = rows.filter(pl.col("direction") == "t2i").row(0, named=True)
+    test = pl.read_parquet(synthetic_shards["annotations"]).filter(pl.col("split") == "test")
+    assert t2i["num_queries"] == test.height and t2i["num_gallery"] == test["image_index"].n_unique()
+    assert t2i["epoch"] == 1 and t2i["selection"] == "last" and t2i["seed"] == 0
+    assert len(t2i["config_sha256"]) == 64 and len(t2i["data_sha256"]) == 64 and t2i["code_version"]
+    assert all(0 <= t2i[c] <= 100 for c in METRIC_COLUMNS) and t2i["R1"] <= t2i["R5"] <= t2i["R10"]
+    ex = pl.read_parquet(examples)
+    assert set(ex["kind"]) == {"sample", "worst"} and ex["rank"].max() == 5
+    assert (ex["correct"] == (ex["person_id"] == ex["query_person_id"])).all()
+
+
+def test_zero_shot_from_a_local_weights_file(synthetic_shards, tmp_path):
+    """model.pretrained may be a local file (here: a tiny model's weights saved by the test)."""
+    base = load_experiment(os.path.join(EXPERIMENTS, "tiny_tbps_clip.yaml"))
+    weights = tmp_path / "tiny.pt"
+    torch.save(build_model(base.model, with_simclr_head=False).model.clip.state_dict(), weights)
+    experiment = tmp_path / "zs.yaml"
+    experiment.write_text(yaml.safe_dump({"inherit": [os.path.abspath(os.path.join(EXPERIMENTS, "tiny_tbps_clip"))],
+                                          "model": {"pretrained": str(weights)}}))
+    out = tmp_path / "zs.parquet"
+    assert main(["evaluate", "--zero-shot", str(experiment), "--shards", str(synthetic_shards["test"]),
+                 "--out", str(out), "--dataset", "synthetic", "--experiment", "zero_shot", "--workers", "0"]) == 0
+    rows = pl.read_parquet(out)
+    assert set(rows["selection"]) == {"zero-shot"} and set(rows["epoch"]) == {0}
+
+
+def test_perfect_embeddings_score_100():
+    ids = torch.tensor([0, 0, 1, 2])
+    feats = torch.nn.functional.one_hot(ids, 3).float()
+    encoded = Encoded(feats, ids.numpy(), ["a", "b", "c", "d"], feats[[0, 2, 3]], ids[[0, 2, 3]].numpy(),
+                      ["x", "y", "z"])
+    result = score(encoded)
+    assert result.metrics["t2i"]["R1"] == 100.0 and result.metrics["t2i"]["mAP"] == 100.0
+    assert result.num_queries == {"t2i": 3, "i2t": 4}
