@@ -163,13 +163,13 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
     start_epoch, start_batch, global_step = 0, 0, 0
     log_rows: list[dict] = []
     val_rows: list[dict] = []
-    if resume and paths.last.is_file():
-        state = checkpoint.load(paths.last, map_location=dev)
-        if state["resume_sha256"] != cfg.resume_sha256():
-            raise UserInputError(
-                f"{paths.last}: checkpoint was made with another configuration. Fix: delete "
-                f"{paths.out} to start over, or resume with the configuration it was made with"
-            )
+    state = checkpoint.load(paths.last, map_location=dev) if resume and paths.last.is_file() else None
+    if state is not None and state["resume_sha256"] != cfg.resume_sha256():
+        # A changed experiment reruns training (Snakemake's params/input triggers): start over
+        # rather than continue a run of another configuration. The old checkpoint is replaced.
+        log.warning("%s was made with another configuration: starting from scratch", paths.last)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -179,7 +179,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         log.info("resumed from %s at epoch %d, batch %d (step %d)", paths.last, start_epoch + 1, start_batch,
                  global_step)
     elif resume:
-        log.info("no checkpoint at %s: starting from scratch", paths.last)
+        log.info("no usable checkpoint at %s: starting from scratch", paths.last)
 
     if dist.is_main:
         paths.out.mkdir(parents=True, exist_ok=True)
@@ -209,9 +209,11 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         write_parquet_atomic(pl.DataFrame(log_rows), paths.log) if log_rows else None
 
     max_steps = cfg.train.max_steps
-    stopped_early = False
+    stopped_early = max_steps is not None and global_step >= max_steps
     model.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
+        if stopped_early:
+            break
         sampler = EpochBatchSampler(len(pairs), global_batch, seed=cfg.train.seed, epoch=epoch, rank=dist.rank,
                                     world_size=dist.world_size, start_batch=start_batch if epoch == start_epoch else 0)
         bar = progress(total=steps_per_epoch, initial=sampler.start_batch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
@@ -274,13 +276,16 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         write_parquet_atomic(pl.DataFrame(log_rows), paths.log)
         if val_rows:
             write_parquet_atomic(pl.DataFrame(val_rows), paths.val)
-        if not stopped_early:
-            checkpoint.save(paths.final, {
-                "model": model.state_dict(), "config": cfg.to_dict(), "config_sha256": cfg.sha256(),
-                "epochs": cfg.optim.epochs, "global_step": global_step, "seed": cfg.train.seed,
-                "code_version": __version__, "train_manifest_sha256": sha256_file(train_manifest),
-            })
-            log.info("wrote %s", paths.final)
+        # A run cut short by train.max_steps (a smoke run) still ends with an evaluable model; its
+        # last.pt stays resumable with a larger max_steps.
+        epochs_done = log_rows[-1]["epoch"] if log_rows else 0
+        checkpoint.save(paths.final, {
+            "model": model.state_dict(), "config": cfg.to_dict(), "config_sha256": cfg.sha256(),
+            "epochs": epochs_done, "global_step": global_step, "seed": cfg.train.seed,
+            "stopped_by_max_steps": stopped_early, "code_version": __version__,
+            "train_manifest_sha256": sha256_file(train_manifest),
+        })
+        log.info("wrote %s (epoch %d, step %d)", paths.final, epochs_done, global_step)
     cleanup()
     return paths.final
 

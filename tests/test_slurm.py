@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
@@ -76,7 +76,8 @@ EXPERIMENT = {
     "optim": {"epochs": 1},
     "data": {"batch_size": 16, "num_workers": 0},
 }
-# A rule outside the pipeline that asks for every fake GPU and records what the job sees.
+# A rule outside the pipeline that asks for every fake GPU (with CPUs per GPU, like train) and
+# records what the job's processes see.
 PROBE_SNAKEFILE = f"""\
 include: "Snakefile"
 
@@ -88,6 +89,7 @@ rule slurm_gpu_probe:
         launcher=launcher,
     resources:
         gpu={FAKE_GPUS},
+        cpus_per_gpu=2,
     shell:
         "echo 'launcher={{params.launcher}}' > {{output}};"
         " env | grep -E '^(CUDA_VISIBLE_DEVICES|SLURM_GPUS_ON_NODE|SLURM_JOB_ID)=' | sort >> {{output}}"
@@ -131,7 +133,8 @@ def _admin_prefix(env: dict[str, str]) -> list[str]:
 @pytest.fixture(scope="module")
 def slurm_cluster():
     """A fresh one-node cluster with FAKE_GPUS fake GPUs; stopped by PID afterwards, always."""
-    installed = all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "squeue", "munged"))
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # daemons live in sbin
+    installed = all(shutil.which(b, path=path) for b in ("slurmctld", "slurmd", "sbatch", "squeue", "munged"))
     if not installed and not shutil.which("apt-get"):
         _unavailable("Slurm is not installed and there is no apt-get to install it")
     if installed and _run(["squeue", "-h"], 30).returncode == 0:
@@ -278,9 +281,9 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
         if comment.group(1).startswith("rule_shard_wildcards"):
             assert gpus == ["1"], call
         elif comment.group(1).startswith("rule_slurm_gpu_probe"):
-            assert gpus == [str(FAKE_GPUS)], call
+            assert gpus == [str(FAKE_GPUS)] and "--cpus-per-gpu=2" in call, call
         else:
-            assert gpus == [], call
+            assert gpus == [] and "--cpus-per-task=" in call, call
 
     # Slurm allocated the GPUs (scontrol), and the job's processes see them.
     by_rule = {finished[smk]: slurm for smk, (slurm, _) in submitted.items()}

@@ -58,7 +58,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards
     """Stop mid-epoch (train.max_steps acts as the kill), resume with a different worker count:
     the final weights equal an uninterrupted run bit for bit (dropout and augmentations included)."""
     shards = synthetic_shards["train"]
-    base = dict(data={"few_shot_fraction": 0.5})
+    base = dict(data={"few_shot_fraction": 0.35})
     full = train(experiment("tiny_tbps_clip", **base), shards, tmp_path / "full")
     steps_per_epoch = checkpoint.load(full)["global_step"] // 2
     assert steps_per_epoch >= 3
@@ -67,13 +67,28 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards
     train(cut, shards, tmp_path / "cut")
     state = checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["next_batch"]) == (1, 1)  # mid-epoch 2
-    assert not (tmp_path / "cut" / "final.pt").exists()
+    assert checkpoint.load(tmp_path / "cut" / "final.pt")["stopped_by_max_steps"]
 
-    resumed_cfg = experiment("tiny_tbps_clip", data={"few_shot_fraction": 0.5, "num_workers": 2})
+    resumed_cfg = experiment("tiny_tbps_clip", data={"few_shot_fraction": 0.35, "num_workers": 2})
     resumed = train(resumed_cfg, shards, tmp_path / "cut", resume=True)
     assert_same_weights(weights(resumed), weights(full))
+    assert not checkpoint.load(resumed)["stopped_by_max_steps"]
+    # Resuming a run that already reached max_steps does no further step.
+    again = train(cut, shards, tmp_path / "again_src")
+    assert checkpoint.load(again)["global_step"] == steps_per_epoch + 1
+    assert checkpoint.load(train(cut, shards, tmp_path / "again_src", resume=True))["global_step"] == steps_per_epoch + 1
     log = pl.read_parquet(tmp_path / "cut" / "train_log.parquet")
     assert log["global_step"].to_list() == list(range(1, 2 * steps_per_epoch + 1))
+
+
+def test_changed_configuration_starts_over_instead_of_resuming(synthetic_shards, tmp_path):
+    shards = synthetic_shards["train"]
+    small = dict(data={"few_shot_fraction": 0.2}, optim={"epochs": 1})
+    train(experiment("tiny_tbps_clip_simplified", **small), shards, tmp_path)
+    changed = experiment("tiny_tbps_clip_simplified", optim={"epochs": 1, "lr": 5e-4}, data={"few_shot_fraction": 0.2})
+    fresh = train(changed, shards, tmp_path / "fresh")
+    resumed = train(changed, shards, tmp_path, resume=True)
+    assert_same_weights(weights(resumed), weights(fresh))
 
 
 def test_sigkill_mid_epoch_then_resume(synthetic_shards, tmp_path):

@@ -24,6 +24,8 @@ rule synth:
         runtime=30,
     shell:
         "python -m tbps synth --format {params.fmt} --out {params.raw} --ids {params.ids} --seed {params.seed}"
+        # --force: a changed synth_ids/synth_seed regenerates the folder in place.
+        " --force"
         " > {log} 2>&1"
 
 

@@ -1,5 +1,6 @@
 # Prepared table + images -> WebDataset shards per split. The plan is a checkpoint so each shard
-# is its own job: deleting one shard reruns that shard (and what reads it), nothing else.
+# is its own job: a deleted shard is rewritten alone (the manifest notices it, see below), and
+# what reads the split reruns only if the rewritten shard differs.
 
 
 checkpoint shard_plan:
@@ -61,6 +62,11 @@ rule shard_manifest:
         shards=planned_shards,
     output:
         manifest="results/{dataset}/shards/{split}/manifest.json",
+    params:
+        # Snakemake does not rebuild a deleted intermediate file while its readers look up to date;
+        # this value flips when a planned shard is missing, so the params trigger reruns the manifest,
+        # which brings back exactly the missing shard(s).
+        shards_present=lambda wc: all(os.path.exists(p) for p in planned_shards(wc)),
     log:
         "logs/shards/{dataset}/{split}/manifest.log",
     conda:
