@@ -32,12 +32,11 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from tbps.data.captions import clean_caption, random_word_deletion
+from tbps.data.shard_reader import ALLOWED_MEMBERS, IMAGE_KEYS
+from tbps.data.shard_reader import shard_paths as manifest_shard_paths
 from tbps.errors import UserInputError
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
-
 
 @dataclass(frozen=True)
 class IndexedSample:
@@ -57,15 +56,7 @@ class ShardIndex:
 
     @classmethod
     def from_manifest(cls, manifest_path: str | os.PathLike) -> ShardIndex:
-        manifest_path = Path(manifest_path)
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserInputError(
-                f"{manifest_path}: cannot read the shard manifest ({e}). "
-                "Fix: rebuild the shards (snakemake ... --forcerun shard_manifest)"
-            ) from e
-        shard_paths = [manifest_path.parent / s["name"] for s in manifest["shards"]]
+        shard_paths = [Path(p) for p in manifest_shard_paths(manifest_path)]
         samples: list[IndexedSample] = []
         ignored = 0
         for shard_id, path in enumerate(shard_paths):
@@ -77,12 +68,11 @@ class ShardIndex:
                             continue
                         key, _, ext = member.name.partition(".")
                         ext = ext.lower()
-                        entry = by_key.setdefault(key, {})
-                        if ext in IMAGE_EXTENSIONS:
-                            entry["image"] = (member.offset_data, member.size)
+                        if ext in IMAGE_KEYS:
+                            by_key.setdefault(key, {})["image"] = (member.offset_data, member.size)
                         elif ext == "json":
-                            entry["json"] = json.loads(tar.extractfile(member).read())
-                        elif ext != "txt":
+                            by_key.setdefault(key, {})["json"] = json.loads(tar.extractfile(member).read())
+                        elif ext not in ALLOWED_MEMBERS:
                             ignored += 1
             except (OSError, tarfile.TarError, json.JSONDecodeError) as e:
                 raise UserInputError(
