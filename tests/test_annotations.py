@@ -535,7 +535,7 @@ def test_cli_rejects_out_of_range_fraction(tmp_path, capsys):
                 "2",
             ]
         )
-    assert e.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+    assert e.value.code == 2 and "not in [0, 1]" in capsys.readouterr().err
 
 
 def test_cli_default_fraction_matches_library():

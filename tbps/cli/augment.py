@@ -5,30 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tbps.cli.argtypes import positive_int, probability
+
 # Mirrors tbps.data.augment / tbps.data.backtranslate (not imported: keeps --help fast).
 BACKENDS = ("none", "synonyms", "backtranslation")
 DEFAULT_EN_FR = "Helsinki-NLP/opus-mt-en-fr"
 DEFAULT_FR_EN = "Helsinki-NLP/opus-mt-fr-en"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
-    return value
 
 
 def register(subparsers) -> None:
@@ -50,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", required=True, choices=BACKENDS, help="how to paraphrase (see above)")
     parser.add_argument("--cache", type=Path, default=None, metavar="FILE.sqlite",
                         help="SQLite cache of computed paraphrases, reused across runs (default: none)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                         help="captions per backend call and cache commit "
                              "(default: 32 for backtranslation, 1024 for synonyms)")
     parser.add_argument("--splits", nargs="+", default=["train"], metavar="SPLIT",
@@ -62,7 +44,7 @@ def register(subparsers) -> None:
     syn.add_argument("--synonym-table", type=Path, default=None, metavar="FILE.yaml",
                      help="table of interchangeable words (default: the one shipped with tbps, "
                           "tbps/resources/pedestrian_synonyms.yaml)")
-    syn.add_argument("--synonym-p", type=_probability, default=0.5, metavar="P",
+    syn.add_argument("--synonym-p", type=probability, default=0.5, metavar="P",
                      help="fraction of the replaceable words of a caption that are replaced, at least one "
                           "(default: %(default)s)")
     bt = parser.add_argument_group("backtranslation backend")
@@ -72,9 +54,9 @@ def register(subparsers) -> None:
                     help="French->English MarianMT model: hub name or local folder (default: %(default)s)")
     bt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="where the models run; auto = cuda when a GPU is visible (default: auto)")
-    bt.add_argument("--num-beams", type=_positive_int, default=4, metavar="K",
+    bt.add_argument("--num-beams", type=positive_int, default=4, metavar="K",
                     help="beam width of both translation steps (default: %(default)s, OPUS-MT's own)")
-    bt.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="T",
+    bt.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="T",
                     help="longest translation in tokens (default: %(default)s)")
     parser.set_defaults(func=_run)
 

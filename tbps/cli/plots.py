@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
+from tbps.cli.argtypes import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     examples.add_argument("--raw", required=True, type=Path,
                           help="raw dataset folder (image_path in the examples is relative to it)")
     examples.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    examples.add_argument("--per-kind", type=_positive_int, default=6,
+    examples.add_argument("--per-kind", type=positive_int, default=6,
                           help="queries shown per kind (sample, worst; default 6)")
     examples.add_argument("--title", default=None, help="figure title")
     examples.set_defaults(func=_examples)

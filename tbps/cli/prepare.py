@@ -5,19 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tbps.cli.argtypes import fraction
 from tbps.datasets import DATASET_KEYS
 
 DEFAULT_MAX_REJECT_FRACTION = 0.01  # mirrors tbps.data.annotations (not imported: keeps --help fast)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
 
 
 def register(subparsers) -> None:
@@ -54,7 +45,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--max-reject-fraction",
-        type=_fraction,
+        type=fraction,
         default=DEFAULT_MAX_REJECT_FRACTION,
         metavar="F",
         help="fail if more than this fraction of images is rejected (default: %(default)s; "
