@@ -141,9 +141,7 @@ def test_deleted_shard_reruns_that_shard_and_its_manifest_only(built):
     (built / shard).rename(aside)  # a rename keeps the mtime: putting it back restores the build
     try:
         # The manifest's `shards_present` param flips, so it reruns and brings back exactly the
-        # missing shard; the train split and everything upstream stay as they are. (Readers of the
-        # manifest rerun only if the rewritten shard differs: Snakemake ignores a newer input whose
-        # checksum is the recorded one.)
+        # missing shard; the train split and everything upstream stay as they are.
         plan, out = _dry_run(built)
         assert plan == {
             "shard": {shard, shard.replace(".tar", ".json")},

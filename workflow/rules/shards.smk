@@ -1,6 +1,6 @@
 # Prepared table + images -> WebDataset shards per split. The plan is a checkpoint so each shard
-# is its own job: a deleted shard is rewritten alone (the manifest notices it, see below), and
-# what reads the split reruns only if the rewritten shard differs.
+# is its own job: a deleted shard is rewritten alone (the manifest notices it, see below), then
+# what reads that split reruns; other splits and earlier stages are untouched.
 
 
 checkpoint shard_plan:
