@@ -54,6 +54,7 @@ def grad_cached_backward(
     chunk_size: int,
     *,
     scale_loss: Callable[[Tensor], Tensor] = lambda loss: loss,
+    rng_device: torch.device | None = None,
 ) -> tuple[Tensor, dict]:
     """Compute ``loss_fn({name: encode(name, x)})`` and backpropagate it into the encoders.
 
@@ -61,8 +62,9 @@ def grad_cached_backward(
     embeds a (chunk of a) batch with gradients. With ``chunk_size <= 0`` or at least the batch
     size this is a plain forward/backward; otherwise the gradient-cache procedure above, which
     gives the same parameter gradients with the memory of one chunk. ``scale_loss`` applies
-    e.g. a GradScaler before the backward. Returns the (unscaled) loss, detached, and the
-    loss function's log dict.
+    e.g. a GradScaler before the backward. ``rng_device`` is the device the encoders run on (whose
+    random state is replayed); by default the inputs' device, which is wrong when ``encode`` moves
+    CPU inputs to a GPU. Returns the (unscaled) loss, detached, and the loss function's log dict.
     """
     batch = next(iter(inputs.values())).shape[0]
     if chunk_size <= 0 or chunk_size >= batch:
@@ -77,7 +79,7 @@ def grad_cached_backward(
     for name, x in inputs.items():
         parts, chunk_states = [], []
         for chunk in _chunks(x, chunk_size):
-            chunk_states.append(RandomState(chunk.device))
+            chunk_states.append(RandomState(rng_device or chunk.device))
             with torch.no_grad():
                 parts.append(encode(name, chunk))
         leaves[name] = torch.cat(parts).detach().requires_grad_(True)

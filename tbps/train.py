@@ -74,7 +74,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_data(cfg: ExperimentConfig, manifest: Path, model_bundle, dist: DistInfo):
+def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
+    """The shard index, the (image, caption) pair table and the augmenting dataset of a run."""
     from tbps.data import transforms
 
     index = ShardIndex.from_manifest(manifest)
@@ -98,7 +99,7 @@ def _build_data(cfg: ExperimentConfig, manifest: Path, model_bundle, dist: DistI
     return index, pairs, dataset
 
 
-def _loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -> DataLoader:
+def make_loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -> DataLoader:
     workers = cfg.data.num_workers
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
@@ -107,6 +108,42 @@ def _loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -> Da
         generator=torch.Generator(), persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
+
+
+def make_encode(model, device: torch.device, amp_dtype: torch.dtype | None):
+    """``encode(name, x)``: the tower an input goes through (text, SimCLR head or image), under autocast."""
+
+    def encode(name: str, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if name == "text":
+                return model.encode_text(x)
+            if name.startswith("simclr"):
+                return model.simclr(x)
+            return model.encode_image(x)
+
+    return encode
+
+
+def train_step(model, optimizer, scaler, encode, batch: dict, weights: LossWeights, *, alpha: float, chunk: int,
+               dist: DistInfo) -> tuple[torch.Tensor, dict]:
+    """One optimiser step: soft-label pass, (gradient-cached) forward/backward, gradient averaging
+    over processes, (scaled) optimiser step. Returns the loss and its terms (detached)."""
+    ids = batch["train_id"].to(dist.device)
+    inputs = batch_inputs(batch, weights)
+    nograd = nograd_pass(encode, inputs, chunk) if alpha > 0 else None
+    scale = model.logit_scale_value()
+
+    def loss_fn(emb):
+        return step_loss(emb, ids, scale, weights, alpha=alpha, rank=dist.rank, nograd=nograd)
+
+    optimizer.zero_grad(set_to_none=True)
+    loss, terms = grad_cached_backward(encode, inputs, loss_fn, chunk, scale_loss=scaler.scale,
+                                       rng_device=dist.device)
+    _average_gradients(model, dist)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, terms
 
 
 def _average_gradients(model: torch.nn.Module, dist: DistInfo) -> None:
@@ -140,7 +177,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
     weights = LossWeights.from_config(cfg.loss)
     bundle = build_model(cfg.model, with_simclr_head=weights.uses_simclr)
     model = bundle.model.to(dev)
-    index, pairs, dataset = _build_data(cfg, Path(train_manifest), bundle, dist)
+    index, pairs, dataset = build_training_data(cfg, Path(train_manifest), bundle)
 
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -188,14 +225,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
              cfg.name, len(pairs), len(index.samples), cfg.optim.epochs, steps_per_epoch, global_batch,
              dist.world_size, dev)
 
-    def encode(name: str, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            if name == "text":
-                return model.encode_text(x)
-            if name.startswith("simclr"):
-                return model.simclr(x)
-            return model.encode_image(x)
+    encode = make_encode(model, dev, amp_dtype)
 
     def save_checkpoint(epoch: int, next_batch: int) -> None:
         if not dist.is_main:
@@ -219,33 +249,22 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         bar = progress(total=steps_per_epoch, initial=sampler.start_batch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                    disable=not dist.is_main)
         tick = time.perf_counter()
-        for step_in_epoch, batch in enumerate(_loader(dataset, sampler, cfg, dev), start=sampler.start_batch):
+        for step_in_epoch, batch in enumerate(make_loader(dataset, sampler, cfg, dev), start=sampler.start_batch):
             lr = lr_at(global_step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             alpha = losses.soft_label_alpha(step_in_epoch, steps_per_epoch, epoch, weights.alpha,
                                             cfg.loss.soft_label_ramp_epochs)
-            ids = batch["train_id"].to(dev)
-            inputs = batch_inputs(batch, weights)
-            nograd = nograd_pass(encode, inputs, cfg.train.grad_cache_chunk) if alpha > 0 else None
-            scale = model.logit_scale_value()
-
-            def loss_fn(emb, scale=scale, ids=ids, alpha=alpha, nograd=nograd):
-                return step_loss(emb, ids, scale, weights, alpha=alpha, rank=dist.rank, nograd=nograd)
-
-            optimizer.zero_grad(set_to_none=True)
-            loss, terms = grad_cached_backward(encode, inputs, loss_fn, cfg.train.grad_cache_chunk,
-                                               scale_loss=scaler.scale)
-            _average_gradients(model, dist)
-            scaler.step(optimizer)
-            scaler.update()
+            scale_used = float(model.logit_scale_value().detach())
+            loss, terms = train_step(model, optimizer, scaler, encode, batch, weights, alpha=alpha,
+                                     chunk=cfg.train.grad_cache_chunk, dist=dist)
             global_step += 1
 
             now = time.perf_counter()
             samples_per_s = global_batch / max(now - tick, 1e-9)
             tick = now
             row = {"epoch": epoch + 1, "step": step_in_epoch + 1, "global_step": global_step, "lr": lr,
-                   "alpha": alpha, "logit_scale": float(scale.detach()), "samples_per_s": samples_per_s}
+                   "alpha": alpha, "logit_scale": scale_used, "samples_per_s": samples_per_s}
             row.update({f"loss_{k}": float(all_reduce_mean(v)) for k, v in terms.items()})
             log_rows.append(row)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}", sps=f"{samples_per_s:.0f}")

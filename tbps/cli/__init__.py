@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+# OpenMP threads that spin while waiting collapse CPU training when loader workers hold the other
+# cores (measured: 17.7 s instead of 0.9 s per tiny step). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tbps import __version__
 from tbps.errors import UserInputError
