@@ -8,6 +8,7 @@ config changes through the `params` rerun trigger (the values are recorded per o
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -130,7 +131,8 @@ def test_shard_size_change_replans_every_split_and_nothing_upstream(built):
     # The plans are checkpoints: the shards they will name are only known once they ran,
     # so a dry run lists the plans and the manifests (the shard jobs appear in the real run).
     assert plan == {
-        "shard_plan": {f"results/synthetic/shards/{split}/plan.json" for split in ("train", "val")},
+        "shard_plan": {f"results/synthetic/shards/{split}/{name}" for split in ("train", "val")
+                       for name in ("plan.json", ".shards-check")},
         "shard_manifest": {f"results/synthetic/shards/{split}/manifest.json" for split in ("train", "val")},
     }, out
 
@@ -138,14 +140,20 @@ def test_shard_size_change_replans_every_split_and_nothing_upstream(built):
 def test_deleted_shard_reruns_that_shard_and_its_manifest_only(built):
     shard = "results/synthetic/shards/val/shard-000000.tar"
     aside = built / "shard.aside"
+    check = built / "results/synthetic/shards/val/.shards-check"
+    check_bytes, check_stat = check.read_bytes(), check.stat()
     (built / shard).rename(aside)  # a rename keeps the mtime: putting it back restores the build
     try:
-        # The manifest's `shards_present` param flips, so it reruns and brings back exactly the
-        # missing shard; the train split and everything upstream stay as they are.
+        # The split's .shards-check marker is rewritten before the DAG is built, so the manifest
+        # reruns and brings back exactly the missing shard; the train split and everything
+        # upstream stay as they are.
         plan, out = _dry_run(built)
         assert plan == {
             "shard": {shard, shard.replace(".tar", ".json")},
             "shard_manifest": {"results/synthetic/shards/val/manifest.json"},
         }, out
+        assert "shard-000000.tar" in check.read_text()
     finally:
         aside.rename(built / shard)
+        check.write_bytes(check_bytes)
+        os.utime(check, ns=(check_stat.st_atime_ns, check_stat.st_mtime_ns))

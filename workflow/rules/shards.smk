@@ -9,6 +9,8 @@ checkpoint shard_plan:
         table="results/{dataset}/prepared/annotations.parquet",
     output:
         plan="results/{dataset}/shards/{split}/plan.json",
+        # Touched when a planned shard goes missing (see planned_shards in common.smk).
+        check=touch("results/{dataset}/shards/{split}/.shards-check"),
     params:
         raw=lambda wc: raw_dir(wc.dataset),
         max_samples=lambda wc: DATASETS[wc.dataset].get("shard_max_samples", config["shards"]["max_samples"]),
@@ -58,15 +60,15 @@ rule shard:
 rule shard_manifest:
     """Verify every shard of a split and write the manifest last."""
     input:
-        plan="results/{dataset}/shards/{split}/plan.json",
+        # Not the plan itself: Snakemake skips the "newer input" check of a job that lists a
+        # checkpoint output, and that check is what notices a missing shard (the shards already
+        # follow the plan, and the command reads it through params).
+        check="results/{dataset}/shards/{split}/.shards-check",
         shards=planned_shards,
     output:
         manifest="results/{dataset}/shards/{split}/manifest.json",
     params:
-        # Snakemake does not rebuild a deleted intermediate file while its readers look up to date;
-        # this value flips when a planned shard is missing, so the params trigger reruns the manifest,
-        # which brings back exactly the missing shard(s).
-        shards_present=lambda wc: all(os.path.exists(p) for p in planned_shards(wc)),
+        plan=lambda wc: f"results/{wc.dataset}/shards/{wc.split}/plan.json",
     log:
         "logs/shards/{dataset}/{split}/manifest.log",
     conda:
@@ -76,4 +78,4 @@ rule shard_manifest:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m tbps shards manifest --plan {input.plan} --out {output.manifest} > {log} 2>&1"
+        "python -m tbps shards manifest --plan {params.plan} --out {output.manifest} > {log} 2>&1"
