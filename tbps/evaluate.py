@@ -67,7 +67,9 @@ class _EvalImages(torch.utils.data.IterableDataset):
 
 @torch.no_grad()
 def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation: str, batch_size: int,
-                 device: torch.device, max_words: int = 77, num_workers: int = 2) -> Encoded:
+                 device: torch.device, max_words: int = 77, num_workers: int = 2,
+                 with_captions: bool = True) -> Encoded:
+    """Encode a split's images (and, unless ``with_captions`` is false, its captions)."""
     model.eval()
     manifest = Path(manifest)
     total = int(load_manifest(manifest)["num_samples"])
@@ -84,8 +86,8 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
                 captions.extend(caps)
                 text_ids.extend([pid] * len(caps))
             bar.update(len(rows))
-    text_features = []
-    cleaned = [clean_caption(c, max_words=max_words) for c in captions]
+    text_features = [torch.empty(0, image_features[0].shape[1])]
+    cleaned = [clean_caption(c, max_words=max_words) for c in captions] if with_captions else []
     for start in progress(range(0, len(cleaned), batch_size), desc="encode captions", unit="batch"):
         tokens = tokenizer(cleaned[start:start + batch_size]).to(device)
         text_features.append(model.encode_text(tokens).float().cpu())

@@ -67,3 +67,16 @@ def test_perfect_embeddings_score_100():
     result = score(encoded)
     assert result.metrics["t2i"]["R1"] == 100.0 and result.metrics["t2i"]["mAP"] == 100.0
     assert result.num_queries == {"t2i": 3, "i2t": 4}
+
+
+def test_search_prints_the_best_matches(trained, synthetic_shards, tmp_path, capsys):
+    out = tmp_path / "search.parquet"
+    query = "a woman in a red coat with a black backpack"
+    assert main(["search", "--checkpoint", str(trained), "--gallery", str(synthetic_shards["test"]), "--top", "3",
+                 "--out", str(out), "--workers", "0", query]) == 0
+    printed = capsys.readouterr().out
+    assert query in printed and " 1. " in printed and " 3. " in printed
+    rows = pl.read_parquet(out)
+    assert rows["rank"].to_list() == [1, 2, 3]
+    assert rows["score"].is_sorted(descending=True)
+    assert all(path.startswith("imgs/") for path in rows["image_path"])
