@@ -11,7 +11,7 @@ rule train:
             "results/{dataset}/{experiment}/train/train_log.parquet",
             caption="../report/train_log.rst",
             category="Training",
-            labels={"dataset": "{dataset}", "experiment": "{experiment}", "table": "per-step log"},
+            labels={"dataset": "{dataset}", "experiment": "{experiment}", "item": "per-step log"},
         ),
     params:
         out=lambda wc, output: os.path.dirname(output.final),
