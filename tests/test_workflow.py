@@ -93,3 +93,18 @@ def test_conda_env_lists_every_runtime_dependency():
         name = dep.split(">")[0].split("<")[0].split("=")[0].strip()
         assert aliases.get(name, name) in env_text, f"{name} missing from envs/tbps.yaml"
     assert shutil.which  # keep import used
+
+
+def test_few_shot_and_cross_runs_join_the_dag(workdir):
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["extras"]["few_shot_fractions"] = [0.1]
+    cfg["extras"]["cross"] = {"train": ["synthetic"], "eval": ["synthetic"], "experiment": "tiny_tbps_clip_simplified"}
+    extra = workdir / "extras.yaml"
+    extra.write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, "-n", f"--configfile={extra}", "results/synthetic/metrics.parquet",
+                       "results/cross/metrics.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "results/synthetic/tiny_tbps_clip_simplified-fs0.1/train/final.pt" in out
+    assert "--set data.few_shot_fraction=0.1" in out or "wildcards: dataset=synthetic, experiment=tiny_tbps_clip_simplified-fs0.1" in out
+    assert "results/cross/metrics.parquet" in out
