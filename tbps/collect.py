@@ -30,7 +30,7 @@ import polars as pl
 
 from tbps.datasets import DATASET_KEYS
 from tbps.errors import UserInputError, input_error
-from tbps.fileio import write_parquet_atomic
+from tbps.fileio import read_parquet_checked, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,7 @@ def _kind_of(dtype: pl.DataType) -> str | None:
 
 
 def _read(path: Path, what: str) -> pl.DataFrame:
-    if not path.is_file():
-        raise input_error(path, f"{what} file not found", "run the stage that writes it, or fix the path")
-    try:
-        return pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise input_error(path, f"not a readable Parquet file ({type(e).__name__}: {e})",
-                          "delete it and rerun the stage that writes it") from None
+    return read_parquet_checked(path, f"{what} file", "rerun the stage that writes it, or fix the path")
 
 
 def validate_columns(df: pl.DataFrame, expected: dict[str, str], path: Path, fix: str) -> None:

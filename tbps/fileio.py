@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from tbps.errors import input_error
 
 
 @contextlib.contextmanager
@@ -79,3 +81,41 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_parquet_checked(path: str | os.PathLike, what: str, fix: str, required: Iterable[str] = ()):
+    """Read a Parquet table another stage wrote, as a polars DataFrame.
+
+    A missing file, bytes that are not Parquet, or a missing ``required`` column raise a
+    UserInputError naming the file, the problem and ``fix``; never a reader traceback.
+    """
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise input_error(path, f"{what} not found", fix)
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - polars raises several types for non-Parquet bytes
+        raise input_error(path, f"not a readable Parquet file ({type(e).__name__}: {e})", fix) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise input_error(path, f"missing column(s) {', '.join(missing)}", fix)
+    return df
+
+
+def read_json_checked(path: str | os.PathLike, what: str, fix: str, required: Iterable[str] = ()) -> dict:
+    """Read a JSON object another stage wrote; errors as :func:`read_parquet_checked`."""
+    path = Path(path)
+    if not path.is_file():
+        raise input_error(path, f"{what} not found", fix)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise input_error(path, f"not valid JSON ({e})", fix) from None
+    if not isinstance(data, dict):
+        raise input_error(path, f"expected a JSON object, found {type(data).__name__}", fix)
+    for key in required:
+        if key not in data:
+            raise input_error(path, f"missing key {key!r}", fix)
+    return data

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from tbps.errors import input_error
-from tbps.fileio import write_bytes_atomic
+from tbps.fileio import read_parquet_checked, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,7 @@ def _style():
 def read_train_log(path: Path) -> pl.DataFrame:
     path = Path(path)
     fix = "rerun `tbps train` to rewrite it"
-    if not path.is_file():
-        raise input_error(path, "training log not found", fix)
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise input_error(path, f"not a readable Parquet file ({type(e).__name__})", fix) from None
-    missing = [c for c in TRAIN_LOG_COLUMNS if c not in df.columns]
-    if missing:
-        raise input_error(path, f"missing column(s) {', '.join(missing)}", fix)
+    df = read_parquet_checked(path, "training log", fix, TRAIN_LOG_COLUMNS)
     if df.height == 0:
         raise input_error(path, "has no rows (no training step was logged)", fix)
     for column in [*TRAIN_LOG_COLUMNS, *loss_terms(df.columns)]:
@@ -336,15 +328,7 @@ def plot_metrics(metrics: pl.DataFrame, out: Path, *, dataset: str, chance: dict
 def read_examples(path: Path) -> pl.DataFrame:
     path = Path(path)
     fix = "rerun `tbps evaluate --examples` to rewrite it"
-    if not path.is_file():
-        raise input_error(path, "examples file not found", fix)
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise input_error(path, f"not a readable Parquet file ({type(e).__name__})", fix) from None
-    missing = [c for c in EXAMPLE_COLUMNS if c not in df.columns]
-    if missing:
-        raise input_error(path, f"missing column(s) {', '.join(missing)}", fix)
+    df = read_parquet_checked(path, "examples file", fix, EXAMPLE_COLUMNS)
     try:
         return df.select(pl.col(c).cast(t, strict=True) for c, t in EXAMPLE_COLUMNS.items())
     except pl.exceptions.PolarsError as e:

@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from tbps.errors import input_error
-from tbps.fileio import sha256_file
+from tbps.fileio import read_json_checked, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,8 @@ DEFAULT_SHUFFLE_BUFFER = 2000
 
 def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise input_error(path, "shard manifest not found", "build the shards first (`tbps shards manifest`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise input_error(path, f"not valid JSON ({e})", "rerun `tbps shards manifest`") from e
-    for key in ("split", "shards", "num_samples"):
-        if key not in manifest:
-            raise input_error(path, f"missing key {key!r}", "rerun `tbps shards manifest`")
+    manifest = read_json_checked(path, "shard manifest", "build the shards with `tbps shards manifest`",
+                                 ("split", "shards", "num_samples"))
     for i, entry in enumerate(manifest["shards"]):
         name = entry.get("name", "")
         if not name or Path(name).name != name or ":" in name:

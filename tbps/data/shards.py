@@ -33,7 +33,7 @@ import polars as pl
 from PIL import Image
 
 from tbps.errors import UserInputError, input_error
-from tbps.fileio import atomic_path, sha256_file, write_json_atomic
+from tbps.fileio import atomic_path, read_json_checked, read_parquet_checked, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,8 @@ def _split_seed(seed: int, split: str) -> np.random.SeedSequence:
 
 
 def _read_annotations(path: Path, split: str | None = None) -> pl.DataFrame:
-    if not path.is_file():
-        raise input_error(path, "annotations file not found", "run `tbps prepare` first (or fix --captions)")
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a user-facing file problem
-        raise input_error(path, f"not a readable Parquet file ({e})", "rerun `tbps prepare`") from e
-    missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise input_error(path, f"missing column(s) {missing}", "regenerate it with `tbps prepare`")
+    df = read_parquet_checked(path, "annotations file", "regenerate it with `tbps prepare` (or fix --captions)",
+                              _REQUIRED_COLUMNS)
     for column in _NON_NULL_COLUMNS:
         nulls = df.filter(pl.col(column).is_null())
         if nulls.height:
@@ -247,17 +240,8 @@ def plan_shards(
 
 
 def load_plan(plan_path: str | os.PathLike) -> dict[str, Any]:
-    plan_path = Path(plan_path)
-    if not plan_path.is_file():
-        raise input_error(plan_path, "shard plan not found", "run `tbps shards plan` first")
-    try:
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise input_error(plan_path, f"not valid JSON ({e})", "rerun `tbps shards plan`") from e
-    for key in ("split", "shards", "annotations_sha256", "num_samples"):
-        if key not in plan:
-            raise input_error(plan_path, f"missing key {key!r}", "rerun `tbps shards plan`")
-    return plan
+    return read_json_checked(plan_path, "shard plan", "rerun `tbps shards plan`",
+                             ("split", "shards", "annotations_sha256", "num_samples"))
 
 
 # ----------------------------------------------------------------------------- 2. write
@@ -355,15 +339,8 @@ def _sample_json(row: dict[str, Any]) -> bytes:
 
 def _join_augmented(df: pl.DataFrame, augmented: Path) -> pl.DataFrame:
     """Left-join the augmented captions on caption_id (null where a caption has none)."""
-    if not augmented.is_file():
-        raise input_error(augmented, "augmented captions not found", "run `tbps augment` first (or drop --augmented)")
-    try:
-        aug = pl.read_parquet(augmented)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a user-facing file problem
-        raise input_error(augmented, f"not a readable Parquet file ({e})", "rerun `tbps augment`") from e
-    missing = [c for c in _AUG_COLUMNS if c not in aug.columns]
-    if missing:
-        raise input_error(augmented, f"missing column(s) {missing}", "regenerate it with `tbps augment`")
+    aug = read_parquet_checked(augmented, "augmented captions", "regenerate them with `tbps augment` (or drop "
+                               "--augmented)", _AUG_COLUMNS)
     aug = aug.with_columns(pl.col("caption_id").cast(pl.Int64))
     dup = aug.filter(pl.col("caption_id").is_duplicated())
     if dup.height:
