@@ -36,8 +36,8 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-from tbps.data.shard_reader import open_shards
-from tbps.data.shards import write_split
+from tbps.shards.reader import open_shards
+from tbps.shards.writer import write_split
 
 BATCH = 64
 

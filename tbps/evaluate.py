@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader
 
 from tbps.config import ExperimentConfig, config_from_dict
 from tbps.data.captions import clean_caption
-from tbps.data.shard_reader import load_manifest, open_shards
 from tbps.data.transforms import eval_transform
 from tbps.fileio import sha256_file, write_parquet_atomic
 from tbps.metrics import retrieval_metrics, topk_indices
 from tbps.progress import progress
 from tbps.provenance import code_version
+from tbps.shards.reader import load_manifest, open_shards
 
 log = logging.getLogger(__name__)
 

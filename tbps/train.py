@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from tbps import __version__, checkpoint, losses
 from tbps.config import ExperimentConfig
-from tbps.data.loader import EpochBatchSampler, ShardIndex, TrainPairs, pair_table
+from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table
 from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic, write_text_atomic
@@ -32,6 +32,7 @@ from tbps.gradcache import grad_cached_backward
 from tbps.objective import LossWeights, batch_inputs, nograd_pass, step_loss
 from tbps.progress import progress
 from tbps.schedule import learning_rate
+from tbps.shards.index import ShardIndex
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tbps.augment import backtranslation as bt
+from tbps.augment.backends import IdentityBackend, make_backend
+from tbps.augment.cache import AugmentCache
+from tbps.augment.stage import augment_captions, read_captions
+from tbps.augment.synonyms import SynonymBackend, SynonymTable
 from tbps.cli import main
-from tbps.data import backtranslate as bt
-from tbps.data.augment import IdentityBackend, augment_captions, make_backend, read_captions
-from tbps.data.augment_cache import AugmentCache
-from tbps.data.synonyms import SynonymBackend, SynonymTable
 from tbps.errors import UserInputError
 
 

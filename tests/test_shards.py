@@ -18,19 +18,13 @@ import webdataset as wds
 from PIL import Image
 
 from tbps.cli import main
-from tbps.data import shards as shards_mod
-from tbps.data.shard_reader import open_shards, shard_paths, verify_manifest
-from tbps.data.shards import (
-    ImageRejected,
-    build_manifest,
-    encode_image,
-    estimate_sample_bytes,
-    plan_shards,
-    write_shard,
-    write_split,
-)
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_json_atomic
+from tbps.shards import writer as shards_writer
+from tbps.shards.manifest import build_manifest
+from tbps.shards.plan import estimate_sample_bytes, plan_shards
+from tbps.shards.reader import open_shards, shard_paths, verify_manifest
+from tbps.shards.writer import ImageRejected, encode_image, write_shard, write_split
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -251,7 +245,7 @@ def test_undecodable_image_is_rejected_and_counted(data, tmp_path):
 
 
 def test_crash_mid_shard_leaves_no_shard_and_no_manifest(data, tmp_path, monkeypatch):
-    real, calls = shards_mod.encode_image, {"n": 0}
+    real, calls = shards_writer.encode_image, {"n": 0}
 
     def crash_on_third(*args, **kwargs):
         calls["n"] += 1
@@ -259,7 +253,7 @@ def test_crash_mid_shard_leaves_no_shard_and_no_manifest(data, tmp_path, monkeyp
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shards_mod, "encode_image", crash_on_third)
+    monkeypatch.setattr(shards_writer, "encode_image", crash_on_third)
     out = tmp_path / "c"
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from tbps.cli import main
-from tbps.data import annotations as ann
 from tbps.datasets import REAL_DATASETS
 from tbps.errors import UserInputError
+from tbps.ingest import annotations as ann
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotations"
 ANNOTATION_FILE = {
@@ -126,7 +126,7 @@ def test_rstpreid_img_path_and_captions_verbatim(tmp_path):
 
 def test_published_statistics_mismatch_is_warned(tmp_path, caplog):
     raw = make_raw(tmp_path, "cuhk-pedes")
-    with caplog.at_level("INFO", logger="tbps.data.annotations"):
+    with caplog.at_level("INFO", logger="tbps.ingest.annotations"):
         summary = run("cuhk-pedes", raw, outputs(tmp_path))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     expected = "train: 3 ids / 4 images / 9 captions, published 11003 / 34054 / 68126"
@@ -594,7 +594,7 @@ def test_check_raw_bad_json_exits_2(tmp_path, capsys):
 
 
 def test_unreadable_annotation_path_names_the_file(tmp_path):
-    from tbps.data.formats import read_json
+    from tbps.ingest.formats import read_json
 
     folder = tmp_path / "reid_raw.json"
     folder.mkdir()  # reading a folder fails even for root, unlike a chmod 0 file

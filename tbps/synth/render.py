@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tbps.data.synth_text import COLOURS, HAIR_COLOURS, RGB, SLEEVES, Person, random_person
+from tbps.synth.people import Person, random_person
+from tbps.synth.vocabulary import COLOURS, HAIR_COLOURS, RGB, SLEEVES
 
 SUPERSAMPLE = 2
 

@@ -1,47 +1,34 @@
-"""Deterministic, atomic WebDataset shards: plan -> write one shard -> manifest.
+"""Step 2 of writing shards (``tbps shards write``): one planned shard -> tar + sidecar.
 
-The three steps are separate so the workflow can rerun exactly one lost shard:
-
-1. :func:`plan_shards` picks a split's images (one sample per image), orders them with
-   a seeded shuffle and cuts them into shards; the plan is a small JSON file.
-2. :func:`write_shard` writes ONE planned shard (tar, atomically) and a sidecar
-   ``<shard>.json`` with its counts, sha256 and the rejected images.
-3. :func:`build_manifest` checks every shard against its sidecar and the plan and
-   writes ``manifest.json`` last: a folder without a manifest is never complete.
-
-Sample layout (the shard contract): ``__key__ = f"{split}-{image_index:08d}"``, one
-image member ``jpg`` or ``png`` (by the actual encoding), ``json`` (metadata and the
-caption lists) and ``txt`` (captions joined by newlines).
+Deterministic and atomic: the same plan, table and images give a byte-identical tar,
+which appears under its name only when complete, followed by its sidecar
+``<shard>.json`` (counts, sha256, the rejected images). :func:`write_split` runs the
+three steps (:mod:`tbps.shards.plan`, this module, :mod:`tbps.shards.manifest`) in one
+process for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
-import math
 import os
 import tarfile
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 from PIL import Image
 
 from tbps.errors import UserInputError, input_error
-from tbps.fileio import atomic_path, read_json_checked, read_parquet_checked, sha256_file, write_json_atomic
+from tbps.fileio import atomic_path, read_parquet_checked, sha256_file, write_json_atomic
+from tbps.shards.image_table import image_table, read_annotations
+from tbps.shards.layout import sample_key, sidecar_path
+from tbps.shards.manifest import build_manifest
+from tbps.shards.plan import DEFAULT_MAX_SAMPLES, load_plan, plan_shards
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_SAMPLES = 64
-"""Images per shard. The default synthetic dataset (`tbps synth`: ~2,000 train, ~300 val
-and ~300 test images) then gets 32 / 5 / 5 shards, at least the 4 loader workers of the
-default config in every split; CUHK-PEDES train (34,054 images) gets 533 shards of
-~0.5-1 MB, which webdataset streams without trouble (pass --max-samples for fewer)."""
 
 DEFAULT_JPEG_QUALITY = 90
 IMAGE_FORMATS = ("keep", "jpg", "png")
@@ -51,38 +38,14 @@ IMAGE_FORMATS = ("keep", "jpg", "png")
 # made reproducible too (it stamps mtime=time.time() unless `mtime` is given, sets
 # uname/gname/mode from its arguments, leaves uid/gid 0 and silently ignores its `format`
 # argument), but `import webdataset` imports torch, ~2-6 s of start-up in every shard job
-# for ~0.1 s of work. The reader (tbps.data.shard_reader) uses webdataset.
+# for ~0.1 s of work. The reader (tbps.shards.reader) uses webdataset.
 _TAR_MTIME = 0
 _TAR_USER = "tbps"
 _TAR_MODE = 0o444
-_TAR_BLOCK = 512
-# Per-sample tar overhead beyond the image data, for the byte estimate of the plan:
-# three member headers plus (typically) one block each for the json and txt members.
-_SAMPLE_OVERHEAD = 5 * _TAR_BLOCK
 
-_REQUIRED_COLUMNS = (
-    "caption_id", "dataset", "split", "person_id", "train_id",
-    "image_index", "image_path", "caption_index", "caption",
-)
-_NON_NULL_COLUMNS = ("caption_id", "split", "person_id", "image_index", "image_path", "caption")
 _AUG_COLUMNS = ("caption_id", "caption", "caption_aug")
 # PIL format name -> member extension kept as is ("MPO" is a JPEG with extra frames).
 _KEEP_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png"}
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def shard_name(prefix: str, index: int) -> str:
-    return f"{prefix}-{index:06d}.tar"
-
-
-def sidecar_path(shard_path: str | os.PathLike) -> Path:
-    """``shard-000000.tar`` -> ``shard-000000.json`` (per-shard counts and hash)."""
-    return Path(shard_path).with_suffix(".json")
-
-
-def sample_key(split: str, image_index: int) -> str:
-    return f"{split}-{image_index:08d}"
 
 
 def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -104,147 +67,6 @@ def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None
         raise UserInputError(f"image size {size}: each side must be >= 8 pixels. Fix: give e.g. 224x224")
     return size  # type: ignore[return-value]
 
-
-def estimate_sample_bytes(image_bytes: int) -> int:
-    """Tar bytes of one sample whose image file has ``image_bytes`` bytes (original bytes mode)."""
-    return _TAR_BLOCK * math.ceil(image_bytes / _TAR_BLOCK) + _SAMPLE_OVERHEAD
-
-
-def _split_seed(seed: int, split: str) -> np.random.SeedSequence:
-    # Seed + split name, so train/val/test orders differ but each is reproducible anywhere
-    # (Python's hash() of a str is salted per process, sha256 is not).
-    split_word = int.from_bytes(hashlib.sha256(split.encode("utf-8")).digest()[:8], "little")
-    return np.random.SeedSequence([seed, split_word])
-
-
-def _read_annotations(path: Path, split: str | None = None) -> pl.DataFrame:
-    df = read_parquet_checked(path, "annotations file", "regenerate it with `tbps prepare` (or fix --captions)",
-                              _REQUIRED_COLUMNS)
-    for column in _NON_NULL_COLUMNS:
-        nulls = df.filter(pl.col(column).is_null())
-        if nulls.height:
-            raise input_error(path, f"null {column}", "regenerate it with `tbps prepare`",
-                              record=nulls["caption_id"][0] if column != "caption_id" else None)
-    if split is not None:
-        df = df.filter(pl.col("split") == split)
-    return df
-
-
-def _image_table(df: pl.DataFrame, path: Path) -> pl.DataFrame:
-    """One row per image: per-image fields + caption lists in caption_id (source) order."""
-    df = df.sort("caption_id")
-    images = df.group_by("image_index", maintain_order=True).agg(
-        pl.col("dataset").first(),
-        pl.col("split").first(),
-        pl.col("person_id").first(),
-        pl.col("train_id").first(),
-        pl.col("image_path").first(),
-        pl.col("caption_id"),
-        pl.col("caption"),
-        pl.col("caption_aug") if "caption_aug" in df.columns else pl.lit(None, pl.String).alias("caption_aug"),
-        pl.col("image_path").n_unique().alias("_paths"),
-        pl.col("person_id").n_unique().alias("_pids"),
-    )
-    bad = images.filter((pl.col("_paths") > 1) | (pl.col("_pids") > 1))
-    if bad.height:
-        first = bad.row(0, named=True)
-        raise input_error(
-            path,
-            f"image_index {first['image_index']} has several image paths or person ids",
-            "regenerate the table with `tbps prepare` (image_index must identify one image)",
-            record=int(first["caption_id"][0]),
-        )
-    return images.drop("_paths", "_pids")
-
-
-# ----------------------------------------------------------------------------- 1. plan
-
-def plan_shards(
-    annotations: str | os.PathLike,
-    split: str,
-    raw: str | os.PathLike,
-    *,
-    max_samples: int = DEFAULT_MAX_SAMPLES,
-    max_bytes: int | None = None,
-    seed: int = 0,
-    name_prefix: str = "shard",
-) -> dict[str, Any]:
-    """Assign the split's images to shards; returns the plan (see module docstring).
-
-    Order: a seeded permutation (numpy Generator from ``seed`` and the split name), so
-    every shard holds a random mix of identities and the loader's small shuffle buffer
-    suffices. A shard closes at ``max_samples`` images or before its estimated tar size
-    (source image file sizes + tar overhead) would pass ``max_bytes``; an image larger
-    than ``max_bytes`` gets a shard of its own.
-    """
-    path, raw = Path(annotations), Path(raw)
-    if max_samples < 1:
-        raise UserInputError(f"--max-samples {max_samples}: must be >= 1. Fix: give e.g. {DEFAULT_MAX_SAMPLES}")
-    if max_bytes is not None and max_bytes < 1:
-        raise UserInputError(f"--max-bytes {max_bytes}: must be >= 1. Fix: leave it out or give e.g. 500000000")
-    if not name_prefix or "/" in name_prefix or os.sep in name_prefix:
-        raise UserInputError(f"--name-prefix {name_prefix!r}: must be a plain file name prefix. Fix: e.g. shard")
-    df = _read_annotations(path)
-    if not (df["split"] == split).any():
-        present = sorted(df["split"].unique().drop_nulls().to_list())
-        raise input_error(path, f"no caption of split {split!r} (splits present: {present})",
-                          "choose one of the splits present")
-    images = _image_table(df.filter(pl.col("split") == split), path)
-
-    indices = images["image_index"].to_numpy()
-    order = np.random.default_rng(_split_seed(seed, split)).permutation(np.sort(indices))
-    rel_paths = dict(zip(images["image_index"].to_list(), images["image_path"].to_list(), strict=True))
-    first_caption = dict(zip(images["image_index"].to_list(),
-                             [ids[0] for ids in images["caption_id"].to_list()], strict=True))
-
-    shards: list[dict[str, Any]] = []
-    current: list[int] = []
-    current_bytes = 0
-
-    def close() -> None:
-        shards.append({"name": shard_name(name_prefix, len(shards)), "image_indices": list(current),
-                       "estimated_bytes": current_bytes})
-
-    for image_index in order.tolist():
-        image_file = raw / rel_paths[image_index]
-        try:
-            size = estimate_sample_bytes(image_file.stat().st_size)
-        except OSError as e:
-            raise input_error(
-                path, f"image {rel_paths[image_index]!r} not found under {raw} ({e.strerror})",
-                "check --raw, or rerun `tbps prepare` if the raw folder changed",
-                record=first_caption[image_index],
-            ) from e
-        full = len(current) >= max_samples or (
-            max_bytes is not None and current and current_bytes + size > max_bytes
-        )
-        if full:
-            close()
-            current, current_bytes = [], 0
-        current.append(image_index)
-        current_bytes += size
-    if current:
-        close()
-
-    plan = {
-        "split": split,
-        "dataset": images["dataset"][0],
-        "seed": seed,
-        "num_samples": len(order),
-        "shards": shards,
-        "params": {"max_samples": max_samples, "max_bytes": max_bytes, "name_prefix": name_prefix},
-        "annotations_sha256": sha256_file(path),
-    }
-    log.info("planned %d images of split %r into %d shards", len(order), split, len(shards))
-    return plan
-
-
-def load_plan(plan_path: str | os.PathLike) -> dict[str, Any]:
-    return read_json_checked(plan_path, "shard plan", "rerun `tbps shards plan`",
-                             ("split", "shards", "annotations_sha256", "num_samples"))
-
-
-# ----------------------------------------------------------------------------- 2. write
 
 class _SampleTar:
     """Writes samples as ``{key}.{ext}`` members (sorted by ext) with fixed USTAR metadata."""
@@ -403,14 +225,14 @@ def write_shard(
 
     annotations_sha = sha256_file(annotations) if annotations.is_file() else None
     if annotations_sha != plan["annotations_sha256"]:
-        _read_annotations(annotations)  # a clear error if the file is missing/broken
+        read_annotations(annotations)  # a clear error if the file is missing/broken
         raise input_error(plan_path, f"the plan was made from a different {annotations.name}",
                           "rerun `tbps shards plan` on the current annotations")
     wanted = entry["image_indices"]
-    df = _read_annotations(annotations, plan["split"]).filter(pl.col("image_index").is_in(wanted))
+    df = read_annotations(annotations, plan["split"]).filter(pl.col("image_index").is_in(wanted))
     if augmented is not None:
         df = _join_augmented(df, Path(augmented))
-    rows = {r["image_index"]: r for r in _image_table(df, annotations).iter_rows(named=True)}
+    rows = {r["image_index"]: r for r in image_table(df, annotations).iter_rows(named=True)}
     lost = [i for i in wanted if i not in rows]
     if lost:
         raise input_error(plan_path, f"image_index {lost[0]} of shard {shard_index} is not in {annotations}",
@@ -466,82 +288,6 @@ def write_shard(
     log.info("wrote %s: %d samples, %d rejected, %d bytes", out, sidecar["samples"], len(rejected), size)
     return sidecar
 
-
-# ----------------------------------------------------------------------------- 3. manifest
-
-def _rerun_hint(plan_path: Path, index: int, shard: Path) -> str:
-    return (f"rerun the shard rule for it (e.g. `snakemake {shard}` or "
-            f"`tbps shards write --plan {plan_path} --shard-index {index} --out {shard} ...`)")
-
-
-def build_manifest(
-    plan_path: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    shards_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Check every planned shard (+ sidecar) and write ``out`` (manifest.json) last, atomically.
-
-    Shards are looked up in ``shards_dir`` (default: the manifest's folder). A missing
-    shard or sidecar, a sha256 mismatch, a sidecar from another plan or mixed image
-    settings raise :class:`UserInputError` naming the file and the rule to rerun.
-    """
-    plan_path, out = Path(plan_path), Path(out)
-    folder = Path(shards_dir) if shards_dir is not None else out.parent
-    plan = load_plan(plan_path)
-    plan_sha = sha256_file(plan_path)
-    entries, reasons, params = [], Counter(), None
-    for index, planned in enumerate(plan["shards"]):
-        shard = folder / planned["name"]
-        side = sidecar_path(shard)
-        hint = _rerun_hint(plan_path, index, shard)
-        if not shard.is_file():
-            raise input_error(shard, "planned shard is missing", hint)
-        if not side.is_file():
-            raise input_error(side, "the shard's sidecar (counts and sha256) is missing", hint)
-        try:
-            info = json.loads(side.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise input_error(side, f"not valid JSON ({e})", hint) from e
-        if info.get("plan_sha256") != plan_sha:
-            raise input_error(side, f"written from another plan than {plan_path}", hint)
-        if sha256_file(shard) != info.get("sha256"):
-            raise input_error(shard, "sha256 differs from its sidecar (corrupted or overwritten)", hint)
-        if info["samples"] + len(info["rejected"]) != len(planned["image_indices"]):
-            raise input_error(side, "accepted + rejected differs from the planned images", hint)
-        if params is None:
-            params = info["params"]
-        elif info["params"] != params:
-            raise input_error(side, f"written with other image settings ({info['params']} vs {params})", hint)
-        reasons.update(r["reason"] for r in info["rejected"])
-        entries.append({"name": planned["name"], "samples": info["samples"],
-                        "bytes": info["bytes"], "sha256": info["sha256"]})
-    num_samples = sum(e["samples"] for e in entries)
-    if num_samples == 0:
-        raise input_error(folder, f"no image of split {plan['split']!r} could be read (all rejected: "
-                          f"{dict(reasons)})", "check the raw images, see the shard sidecars")
-    manifest = {
-        "split": plan["split"],
-        "dataset": plan.get("dataset"),
-        "seed": plan.get("seed"),
-        "num_shards": len(entries),
-        "num_samples": num_samples,
-        "num_planned": plan["num_samples"],
-        "num_rejected": sum(reasons.values()),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "shards": entries,
-        "total_bytes": sum(e["bytes"] for e in entries),
-        "params": params,
-        "plan_sha256": plan_sha,
-    }
-    write_json_atomic(out, manifest)
-    if manifest["num_rejected"]:
-        log.warning("%s: %d of %d images rejected %s (details in the shard sidecars)", out,
-                    manifest["num_rejected"], manifest["num_planned"], manifest["rejected_by_reason"])
-    return manifest
-
-
-# ----------------------------------------------------------------------------- all in one
 
 def write_split(
     annotations: str | os.PathLike,

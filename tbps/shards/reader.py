@@ -34,11 +34,10 @@ from torch.utils.data import IterableDataset
 
 from tbps.errors import input_error
 from tbps.fileio import read_json_checked, sha256_file
+from tbps.shards.layout import ALLOWED_MEMBERS, IMAGE_KEYS
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("jpg", "png")
-ALLOWED_MEMBERS = frozenset((*IMAGE_KEYS, "json", "txt"))
 DEFAULT_SHUFFLE_BUFFER = 2000
 
 
