@@ -70,6 +70,11 @@ class LossConfig:
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
 
+    @property
+    def uses_ss_i(self) -> bool:
+        """SS-I is on: training builds the SimCLR head and its two augmented views."""
+        return self.ss_i_weight > 0
+
 
 @dataclass
 class DataConfig:

@@ -23,13 +23,13 @@ import yaml
 from torch.utils.data import DataLoader
 
 from tbps import __version__, checkpoint, losses
-from tbps.config import ExperimentConfig
+from tbps.config import ExperimentConfig, LossConfig
 from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table
 from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic, write_text_atomic
 from tbps.gradcache import grad_cached_backward
-from tbps.objective import LossWeights, batch_inputs, nograd_pass, step_loss
+from tbps.objective import batch_inputs, nograd_pass, step_loss
 from tbps.progress import progress
 from tbps.schedule import learning_rate
 from tbps.shards.index import ShardIndex
@@ -89,11 +89,10 @@ def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
     pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
     size = tuple(cfg.model.image_size)
     pool = transforms.train_pool_transform(size, cfg.data.normalisation, enabled=cfg.data.image_pool)
-    weights = LossWeights.from_config(cfg.loss)
     dataset = TrainPairs(
         index, pairs, tokenize=model_bundle.tokenizer, image_transform=pool,
-        mvs_transform=pool if weights.mvs else None,
-        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if weights.uses_simclr else None,
+        mvs_transform=pool if cfg.loss.mvs_i else None,
+        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None,
         backtranslation_prob=cfg.data.backtranslation_prob, word_deletion_prob=cfg.data.word_deletion_prob,
         max_words=cfg.data.max_words,
     )
@@ -126,17 +125,17 @@ def make_encode(model, device: torch.device, amp_dtype: torch.dtype | None):
     return encode
 
 
-def train_step(model, optimizer, scaler, encode, batch: dict, weights: LossWeights, *, alpha: float, chunk: int,
+def train_step(model, optimizer, scaler, encode, batch: dict, loss_cfg: LossConfig, *, alpha: float, chunk: int,
                dist: DistInfo) -> tuple[torch.Tensor, dict]:
     """One optimiser step: soft-label pass, (gradient-cached) forward/backward, gradient averaging
     over processes, (scaled) optimiser step. Returns the loss and its terms (detached)."""
     ids = batch["train_id"].to(dist.device)
-    inputs = batch_inputs(batch, weights)
+    inputs = batch_inputs(batch, loss_cfg)
     nograd = nograd_pass(encode, inputs, chunk) if alpha > 0 else None
     scale = model.logit_scale_value()
 
     def loss_fn(emb):
-        return step_loss(emb, ids, scale, weights, alpha=alpha, rank=dist.rank, nograd=nograd)
+        return step_loss(emb, ids, scale, loss_cfg, alpha=alpha, rank=dist.rank, nograd=nograd)
 
     optimizer.zero_grad(set_to_none=True)
     loss, terms = grad_cached_backward(encode, inputs, loss_fn, chunk, scale_loss=scaler.scale,
@@ -175,8 +174,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
                       stacklevel=1)
     paths = TrainPaths(Path(out))
     seed_everything(cfg.train.seed)
-    weights = LossWeights.from_config(cfg.loss)
-    bundle = build_model(cfg.model, with_simclr_head=weights.uses_simclr)
+    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i)
     model = bundle.model.to(dev)
     index, pairs, dataset = build_training_data(cfg, Path(train_manifest), bundle)
 
@@ -254,10 +252,10 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
             lr = lr_at(global_step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            alpha = losses.soft_label_alpha(step_in_epoch, steps_per_epoch, epoch, weights.alpha,
-                                            cfg.loss.soft_label_ramp_epochs)
+            alpha = losses.soft_label_alpha(step_in_epoch, steps_per_epoch, epoch, alpha=cfg.loss.soft_label_alpha,
+                                            ramp_epochs=cfg.loss.soft_label_ramp_epochs)
             scale_used = float(model.logit_scale_value().detach())
-            loss, terms = train_step(model, optimizer, scaler, encode, batch, weights, alpha=alpha,
+            loss, terms = train_step(model, optimizer, scaler, encode, batch, cfg.loss, alpha=alpha,
                                      chunk=cfg.train.grad_cache_chunk, dist=dist)
             global_step += 1
 
