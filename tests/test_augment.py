@@ -503,13 +503,3 @@ def test_backtranslation_missing_model_is_a_user_error(tmp_path, tiny_marian, mo
     with pytest.raises(UserInputError, match="cannot load the translation model") as err:
         backend(["a red coat"])
     assert "no-such-model" in str(err.value) and "Fix:" in str(err.value)
-
-
-def test_cuda_request_without_gpu() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
-    assert bt.resolve_device("auto") == "cpu"
-    with pytest.raises(UserInputError, match="no CUDA GPU"):
-        bt.resolve_device("cuda")
