@@ -94,8 +94,6 @@ class DataConfig:
     """Captions are cut to this many words after cleaning."""
     few_shot_fraction: float = 1.0
     """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
-    shuffle_buffer: int = 2000
-    """Samples held in the loader's shuffle buffer (shards are also shuffled per epoch)."""
 
 
 @dataclass
