@@ -56,8 +56,7 @@ class _EvalImages(torch.utils.data.IterableDataset):
     """Decoded, eval-transformed images of a split in manifest order, with their metadata."""
 
     def __init__(self, manifest: Path, image_size, normalisation: str, num_workers: int):
-        self.pipeline = open_shards(manifest, shuffle=False, seed=0, split_by_node=False,
-                                    num_workers=max(num_workers, 1))
+        self.pipeline = open_shards(manifest, num_workers=max(num_workers, 1))
         self.transform = eval_transform(image_size, normalisation)
 
     def __iter__(self):

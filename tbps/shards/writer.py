@@ -23,6 +23,7 @@ from PIL import Image
 
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import atomic_path, read_parquet_checked, sha256_file, write_json_atomic
+from tbps.progress import progress as progress_bar
 from tbps.shards.image_table import image_table, read_annotations
 from tbps.shards.layout import sample_key, sidecar_path
 from tbps.shards.manifest import build_manifest
@@ -310,15 +311,12 @@ def write_split(
     Same files as the three CLI steps (``out_dir``/plan.json, shards + sidecars,
     manifest.json). Returns the manifest.
     """
-    from tbps.progress import progress
-
     out_dir = Path(out_dir)
     plan = plan_shards(annotations, split, raw, max_samples=max_samples, max_bytes=max_bytes,
                        seed=seed, name_prefix=name_prefix)
     plan_path = out_dir / "plan.json"
     write_json_atomic(plan_path, plan)
-    with progress(total=plan["num_samples"], desc=f"shards {split}", unit="img",
-              disable=not progress) as bar:
+    with progress_bar(total=plan["num_samples"], desc=f"shards {split}", unit="img", disable=not progress) as bar:
         for index, entry in enumerate(plan["shards"]):
             write_shard(plan_path, index, annotations, raw, out_dir / entry["name"], augmented=augmented,
                         image_size=image_size, image_format=image_format, jpeg_quality=jpeg_quality,
