@@ -24,7 +24,7 @@ from tbps.shards import writer as shards_writer
 from tbps.shards.manifest import build_manifest
 from tbps.shards.plan import estimate_sample_bytes, plan_shards
 from tbps.shards.reader import open_shards, shard_paths, verify_manifest
-from tbps.shards.writer import ImageRejected, encode_image, write_shard, write_split
+from tbps.shards.writer import ImageRejected, ShardSources, encode_image, write_shard, write_split
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -161,8 +161,8 @@ def test_stale_augmented_captions_are_refused(data, tmp_path):
     captions[0] = "an older caption"
     pq.write_table(aug.set_column(1, "caption", pa.array(captions)), data["augmented"])
     with pytest.raises(UserInputError, match="captions_aug.parquet, record 0: caption_id 0: source caption differs"):
-        write_shard(out / "plan.json", 0, data["annotations"], data["raw"], out / "shard-000000.tar",
-                    augmented=data["augmented"])
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar",
+                    ShardSources(data["annotations"], data["raw"], data["augmented"]))
     assert not (out / "shard-000000.tar").exists()
 
 
@@ -286,10 +286,10 @@ def test_write_refuses_stale_plan_and_wrong_name(data, tmp_path):
     out = tmp_path / "s"
     write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)
     with pytest.raises(UserInputError, match="named 'shard-000001.tar'"):
-        write_shard(out / "plan.json", 1, data["annotations"], data["raw"], out / "shard-000009.tar")
+        write_shard(out / "plan.json", 1, out / "shard-000009.tar", ShardSources(data["annotations"], data["raw"]))
     pq.write_table(pq.read_table(data["annotations"]).slice(0, 5), data["annotations"])
     with pytest.raises(UserInputError, match="plan was made from a different annotations.parquet"):
-        write_shard(out / "plan.json", 0, data["annotations"], data["raw"], out / "shard-000000.tar")
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar", ShardSources(data["annotations"], data["raw"]))
 
 
 def test_write_split_progress_false_prints_no_bar(data, tmp_path, capsys):

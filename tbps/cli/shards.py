@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DEFAULT_MAX_SAMPLES = 64  # mirrors tbps.shards.plan.DEFAULT_MAX_SAMPLES (kept here: no heavy import)
 
@@ -64,11 +65,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace) -> int:
-    from tbps.shards.writer import parse_image_size, write_shard
+    from tbps.shards.writer import ImageEncoding, ShardSources, parse_image_size, write_shard
 
-    write_shard(args.plan, args.shard_index, args.captions, args.raw, args.out, augmented=args.augmented,
-                image_size=parse_image_size(args.image_size), image_format=args.image_format,
-                jpeg_quality=args.jpeg_quality)
+    sources = ShardSources(Path(args.captions), Path(args.raw), Path(args.augmented) if args.augmented is not None else None)
+    encoding = ImageEncoding(args.image_format, parse_image_size(args.image_size), args.jpeg_quality)
+    write_shard(args.plan, args.shard_index, args.out, sources, encoding=encoding)
     return 0
 
 

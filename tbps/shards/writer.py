@@ -15,6 +15,7 @@ import logging
 import os
 import tarfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,30 +183,47 @@ def _join_augmented(df: pl.DataFrame, augmented: Path) -> pl.DataFrame:
     return joined.drop("_aug_source")
 
 
-def write_shard(
-    plan_path: str | os.PathLike,
-    shard_index: int,
-    annotations: str | os.PathLike,
-    raw: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    augmented: str | os.PathLike | None = None,
-    image_size: tuple[int, int] | None = None,
-    image_format: str | None = None,
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-    on_sample: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Write planned shard ``shard_index`` to ``out`` (+ sidecar ``out.with_suffix('.json')``).
+@dataclass(frozen=True)
+class ShardSources:
+    """What a split's shards are written from."""
 
-    ``image_format`` None means ``keep`` (original bytes) without ``image_size`` and
-    ``jpg`` with it. Undecodable/unreadable images are rejected and listed in the
-    sidecar (accepted + rejected = planned). Both files are written atomically; the
-    tar is renamed into place before the sidecar, and :func:`build_manifest` checks
-    that they match. Returns the sidecar dict.
-    """
-    plan_path = Path(plan_path)
-    plan = load_plan(plan_path)
-    annotations, raw, out = Path(annotations), Path(raw), Path(out)
+    annotations: Path
+    """``annotations.parquet`` from ``tbps prepare`` (the table the plan was made from)."""
+    raw: Path
+    """The raw dataset folder; image paths are relative to it."""
+    augmented: Path | None = None
+    """``captions_aug.parquet`` from ``tbps augment``, joined on caption_id (train only)."""
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """How images are stored in the shards: the original bytes, or re-encoded (and resized)."""
+
+    image_format: str | None = None
+    """``keep`` (original bytes), ``jpg`` or ``png``; None means ``keep`` without ``image_size``
+    and ``jpg`` with it."""
+    image_size: tuple[int, int] | None = None
+    """(H, W) to resize to when re-encoding."""
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+
+    def checked(self) -> ImageEncoding:
+        """The same settings with the format resolved; an error for settings that cannot work together."""
+        image_format = self.image_format
+        if image_format is None:
+            image_format = "keep" if self.image_size is None else "jpg"
+        if image_format not in IMAGE_FORMATS:
+            raise UserInputError(f"--image-format {image_format!r}: unknown. Fix: use one of {IMAGE_FORMATS}")
+        if image_format == "keep" and self.image_size is not None:
+            raise UserInputError("--image-format keep stores the original bytes and cannot resize. "
+                                 "Fix: use --image-format jpg (or png) with --image-size")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UserInputError(f"--jpeg-quality {self.jpeg_quality}: must be 1..100. "
+                                 f"Fix: e.g. {DEFAULT_JPEG_QUALITY}")
+        return replace(self, image_format=image_format)
+
+
+def _planned_entry(plan: dict[str, Any], plan_path: Path, shard_index: int, out: Path) -> dict[str, Any]:
+    """The plan's entry for shard ``shard_index``, which must be written under its planned name."""
     shards = plan["shards"]
     if not 0 <= shard_index < len(shards):
         raise input_error(plan_path, f"shard index {shard_index} out of range (the plan has {len(shards)} shards)",
@@ -214,30 +232,68 @@ def write_shard(
     if out.name != entry["name"]:
         raise input_error(plan_path, f"shard {shard_index} is named {entry['name']!r}, not {out.name!r}",
                           f"write it to {out.with_name(entry['name'])}")
-    if image_format is None:
-        image_format = "keep" if image_size is None else "jpg"
-    if image_format not in IMAGE_FORMATS:
-        raise UserInputError(f"--image-format {image_format!r}: unknown. Fix: use one of {IMAGE_FORMATS}")
-    if image_format == "keep" and image_size is not None:
-        raise UserInputError("--image-format keep stores the original bytes and cannot resize. "
-                             "Fix: use --image-format jpg (or png) with --image-size")
-    if not 1 <= jpeg_quality <= 100:
-        raise UserInputError(f"--jpeg-quality {jpeg_quality}: must be 1..100. Fix: e.g. {DEFAULT_JPEG_QUALITY}")
+    return entry
 
+
+def _planned_rows(plan: dict[str, Any], plan_path: Path, shard_index: int,
+                  sources: ShardSources) -> dict[int, dict[str, Any]]:
+    """The image rows of the shard's planned images (captions, augmented captions, metadata) by image_index."""
+    annotations = sources.annotations
     annotations_sha = sha256_file(annotations) if annotations.is_file() else None
     if annotations_sha != plan["annotations_sha256"]:
         read_annotations(annotations)  # a clear error if the file is missing/broken
         raise input_error(plan_path, f"the plan was made from a different {annotations.name}",
                           "rerun `tbps shards plan` on the current annotations")
-    wanted = entry["image_indices"]
+    wanted = plan["shards"][shard_index]["image_indices"]
     df = read_annotations(annotations, plan["split"]).filter(pl.col("image_index").is_in(wanted))
-    if augmented is not None:
-        df = _join_augmented(df, Path(augmented))
+    if sources.augmented is not None:
+        df = _join_augmented(df, sources.augmented)
     rows = {r["image_index"]: r for r in image_table(df, annotations).iter_rows(named=True)}
     lost = [i for i in wanted if i not in rows]
     if lost:
         raise input_error(plan_path, f"image_index {lost[0]} of shard {shard_index} is not in {annotations}",
                           "rerun `tbps shards plan`")
+    return rows
+
+
+def _sample_members(row: dict[str, Any], raw: Path, encoding: ImageEncoding) -> tuple[dict[str, bytes], bool]:
+    """The tar members of one image's sample and whether its image was converted to PNG.
+
+    Raises :class:`ImageRejected` for an image that cannot be read or decoded.
+    """
+    try:
+        data = (raw / row["image_path"]).read_bytes()
+    except OSError as e:
+        raise ImageRejected("unreadable_file", f"{type(e).__name__}: {e.strerror}") from e
+    ext, image_bytes, converted = encode_image(data, image_format=encoding.image_format,
+                                               image_size=encoding.image_size, jpeg_quality=encoding.jpeg_quality)
+    members = {ext: image_bytes, "json": _sample_json(row), "txt": "\n".join(row["caption"]).encode("utf-8")}
+    return members, converted
+
+
+def write_shard(
+    plan_path: str | os.PathLike,
+    shard_index: int,
+    out: str | os.PathLike,
+    sources: ShardSources,
+    *,
+    encoding: ImageEncoding = ImageEncoding(),
+    on_sample: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Write planned shard ``shard_index`` to ``out`` (+ sidecar ``out.with_suffix('.json')``).
+
+    Undecodable/unreadable images are rejected and listed in the sidecar (accepted +
+    rejected = planned). Both files are written atomically; the tar is renamed into
+    place before the sidecar, and :func:`tbps.shards.manifest.build_manifest` checks
+    that they match. ``on_sample`` is called after every planned image (progress).
+    Returns the sidecar dict.
+    """
+    plan_path, out = Path(plan_path), Path(out)
+    plan = load_plan(plan_path)
+    entry = _planned_entry(plan, plan_path, shard_index, out)
+    encoding = encoding.checked()
+    rows = _planned_rows(plan, plan_path, shard_index, sources)
+    wanted = entry["image_indices"]
 
     rejected: list[dict[str, Any]] = []
     converted = 0
@@ -246,12 +302,7 @@ def write_shard(
             for image_index in wanted:
                 row = rows[image_index]
                 try:
-                    try:
-                        data = (raw / row["image_path"]).read_bytes()
-                    except OSError as e:
-                        raise ImageRejected("unreadable_file", f"{type(e).__name__}: {e.strerror}") from e
-                    ext, image_bytes, was_converted = encode_image(
-                        data, image_format=image_format, image_size=image_size, jpeg_quality=jpeg_quality)
+                    members, was_converted = _sample_members(row, sources.raw, encoding)
                 except ImageRejected as r:
                     rejected.append({"image_index": image_index, "image_path": row["image_path"],
                                      "reason": r.reason, "detail": r.detail})
@@ -259,12 +310,7 @@ def write_shard(
                                 r.reason, r.detail)
                 else:
                     converted += was_converted
-                    captions = row["caption"]
-                    sink.write(sample_key(plan["split"], image_index), {
-                        ext: image_bytes,
-                        "json": _sample_json(row),
-                        "txt": "\n".join(captions).encode("utf-8"),
-                    })
+                    sink.write(sample_key(plan["split"], image_index), members)
                 if on_sample is not None:
                     on_sample()
         digest, size = sha256_file(tmp), tmp.stat().st_size
@@ -279,10 +325,10 @@ def write_shard(
         "sha256": digest,
         "plan_sha256": sha256_file(plan_path),
         "params": {
-            "image_format": image_format,
-            "image_size": list(image_size) if image_size else None,
-            "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
-            "augmented_sha256": sha256_file(augmented) if augmented is not None else None,
+            "image_format": encoding.image_format,
+            "image_size": list(encoding.image_size) if encoding.image_size else None,
+            "jpeg_quality": encoding.jpeg_quality if encoding.image_format == "jpg" else None,
+            "augmented_sha256": sha256_file(sources.augmented) if sources.augmented is not None else None,
         },
     }
     write_json_atomic(sidecar_path(out), sidecar)
@@ -317,8 +363,9 @@ def write_split(
     plan_path = out_dir / "plan.json"
     write_json_atomic(plan_path, plan)
     with progress_bar(total=plan["num_samples"], desc=f"shards {split}", unit="img", disable=not progress) as bar:
+        sources = ShardSources(Path(annotations), Path(raw), Path(augmented) if augmented is not None else None)
+        encoding = ImageEncoding(image_format, image_size, jpeg_quality)
         for index, entry in enumerate(plan["shards"]):
-            write_shard(plan_path, index, annotations, raw, out_dir / entry["name"], augmented=augmented,
-                        image_size=image_size, image_format=image_format, jpeg_quality=jpeg_quality,
+            write_shard(plan_path, index, out_dir / entry["name"], sources, encoding=encoding,
                         on_sample=lambda: bar.update(1))
     return build_manifest(plan_path, out_dir / "manifest.json")
