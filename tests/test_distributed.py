@@ -270,7 +270,7 @@ def test_init_distributed_rejects_bad_environment(monkeypatch):
         tdist.init_distributed(device="cpu")
 
 
-def test_local_batch_size():
+def test_local_batch_size_needs_a_global_batch_divisible_by_the_processes():
     assert tdist.local_batch_size(320, 4) == 80
     with pytest.raises(ValueError, match="not divisible"):
         tdist.local_batch_size(320, 3)

@@ -482,7 +482,7 @@ def test_invalid_processed_tokens_are_ignored(tmp_path):
     run("cuhk-pedes", raw, outputs(tmp_path))
 
 
-def test_bad_max_reject_fraction(tmp_path):
+def test_max_reject_fraction_outside_0_1_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="between 0 and 1"):
         run("cuhk-pedes", make_raw(tmp_path, "cuhk-pedes"), outputs(tmp_path), max_reject_fraction=1.5)
 
@@ -610,6 +610,6 @@ def test_synthetic_folder_without_annotation_file(tmp_path):
     assert "no annotation file found" in msg and "data_captions.json" in msg and "tbps synth" in msg
 
 
-def test_unknown_dataset_key(tmp_path):
+def test_unknown_dataset_key_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="unknown dataset 'market'"):
         run("market", tmp_path, outputs(tmp_path))

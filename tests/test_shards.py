@@ -218,7 +218,7 @@ def test_reencode_gives_requested_size(data, tmp_path):
             assert img.format == "JPEG" and img.size == (16, 32) and not img.info.get("exif")
 
 
-def test_encode_image_formats():
+def test_encode_image_stores_other_formats_as_png_and_rejects_undecodable_bytes():
     buf = io.BytesIO()
     _image(0).save(buf, format="BMP")
     ext, data, converted = encode_image(buf.getvalue())
@@ -362,7 +362,7 @@ def test_reader_rejects_pipe_urls():
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_three_steps(data, tmp_path, capsys):
+def test_cli_plan_write_manifest_and_a_missing_shard_exits_2(data, tmp_path, capsys):
     out = tmp_path / "cli"
     common = ["--captions", str(data["annotations"]), "--raw", str(data["raw"])]
     assert main(["shards", "plan", *common, "--split", "train", "--out", str(out / "plan.json"),

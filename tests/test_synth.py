@@ -228,7 +228,7 @@ def test_crash_leaves_no_finished_looking_folder(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_bad_arguments(tmp_path):
+def test_bad_arguments_are_user_errors_and_leave_folders_alone(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(UserInputError, match="not empty"):
@@ -245,7 +245,7 @@ def test_refuses_bad_arguments(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli(tmp_path, capsys):
+def test_cli_prints_counts_and_replaces_a_folder_only_with_force(tmp_path, capsys):
     out = tmp_path / "rstp"
     args = ["synth", "--format", "rstpreid", "--out", str(out), "--ids", "3", "--val-ids", "2",
             "--test-ids", "2", "--images-per-id", "2", "--size", "32x64", "--seed", "1"]
