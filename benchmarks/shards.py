@@ -7,9 +7,10 @@
 2. Writes the shards in one process: original-bytes mode and re-encode mode (224x224
    JPEG) -> samples/s (= per core).
 3. Loads the first ``--measure`` images with a torch DataLoader (1 and 2 workers), decode
-   only and decode + train transform, from the shards (``open_shards``) and from the raw
-   folder the way the official implementation does (map-style Dataset over a JSON list,
-   ``PIL.Image.open(path).convert("RGB")`` per item) -> images/s and per worker-core.
+   only and decode + train transform, from the shards (``open_shards``, in manifest order, as
+   evaluation reads them) and from the raw folder the way the official implementation does
+   (map-style Dataset over a JSON list, ``PIL.Image.open(path).convert("RGB")`` per item)
+   -> images/s and per worker-core.
 
 Files are read from the page cache in both loaders (just written), so the comparison
 is decode/transform + per-file overhead, not cold-disk seeks (where shards gain most).
@@ -36,8 +37,8 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-from tbps.data.shard_reader import open_shards
-from tbps.data.shards import write_split
+from tbps.shards.reader import open_shards
+from tbps.shards.writer import write_split
 
 BATCH = 64
 
@@ -244,7 +245,7 @@ def bench_load(shard_dir, raw, records, measure, transform, label, cold=False, w
     shard_files = sorted(shard_dir.glob("*.tar"))
     image_files = [raw / r["file_path"] for r in records]
     for workers in workers_list:
-        pipe = open_shards(shard_dir / "manifest.json", shuffle=True, seed=0, shuffle_buffer=500).compose(
+        pipe = open_shards(shard_dir / "manifest.json", num_workers=workers).compose(
             wds.map(_ApplyImage(transform)), wds.batched(BATCH))
         shard_loader = DataLoader(pipe, batch_size=None, num_workers=workers)
         folder = FolderDataset(raw, records, transform)

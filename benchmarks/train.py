@@ -55,12 +55,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from tbps.config import ExperimentConfig, load_experiment, parse_dotted
+from tbps.config import ExperimentConfig, LossConfig, load_experiment, parse_dotted
 from tbps.data.loader import EpochBatchSampler
 from tbps.distributed import DistInfo
 from tbps.fileio import write_json_atomic
 from tbps.model import build_model, param_groups
-from tbps.objective import LossWeights
 from tbps.train import (
     autocast_dtype,
     build_training_data,
@@ -232,7 +231,6 @@ class Rig:
     device: torch.device
     bundle: object
     model: torch.nn.Module
-    weights: LossWeights
     amp_dtype: torch.dtype | None
     optimizer: torch.optim.Optimizer = field(init=False)
     scaler: torch.amp.GradScaler = field(init=False)
@@ -250,7 +248,7 @@ class Rig:
     @property
     def alpha(self) -> float:
         """Steady-state soft-label weight (after the ramp), so the no-grad pass always runs."""
-        return self.weights.alpha
+        return self.cfg.loss.soft_label_alpha
 
     def encode(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The trainer's encode (tbps.train.make_encode), with an optional simulated OOM."""
@@ -262,27 +260,26 @@ class Rig:
 
 def build_rig(cfg: ExperimentConfig, device: torch.device, simulate_oom_above: int | None = None) -> Rig:
     seed_everything(cfg.train.seed)
-    weights = LossWeights.from_config(cfg.loss)
-    bundle = build_model(cfg.model, with_simclr_head=weights.uses_simclr)
+    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i)
     model = bundle.model.to(device)
     model.train()
-    return Rig(cfg, device, bundle, model, weights, autocast_dtype(cfg.train.precision, device),
+    return Rig(cfg, device, bundle, model, autocast_dtype(cfg.train.precision, device),
                simulate_oom_above=simulate_oom_above)
 
 
 def run_step(rig: Rig, batch: dict[str, torch.Tensor], chunk: int) -> float:
     """One optimiser step exactly as the trainer runs it (one process, steady-state alpha)."""
     single = DistInfo(rank=0, world_size=1, local_rank=0, device=rig.device)
-    loss, _ = train_step(rig.model, rig.optimizer, rig.scaler, rig.encode, batch, rig.weights, alpha=rig.alpha,
+    loss, _ = train_step(rig.model, rig.optimizer, rig.scaler, rig.encode, batch, rig.cfg.loss, alpha=rig.alpha,
                          chunk=chunk, dist=single)
     return float(loss)  # the trainer reads every loss term back each step: a host sync
 
 
-def step_flops(towers: dict, weights: LossWeights, *, chunked: bool, alpha: float) -> dict[str, float]:
+def step_flops(towers: dict, loss_cfg: LossConfig, *, chunked: bool, alpha: float) -> dict[str, float]:
     """Per-sample FLOPs of one step: ``model`` (what the algorithm needs) and ``executed`` (+ re-forward)."""
-    grad_passes = ["image", "text"] + (["image"] if weights.mvs else []) + (
-        ["simclr", "simclr"] if weights.uses_simclr else [])
-    nograd_passes = (["image", "text"] + (["image"] if weights.mvs else [])) if alpha > 0 else []
+    grad_passes = ["image", "text"] + (["image"] if loss_cfg.mvs_i else []) + (
+        ["simclr", "simclr"] if loss_cfg.uses_ss_i else [])
+    nograd_passes = (["image", "text"] + (["image"] if loss_cfg.mvs_i else [])) if alpha > 0 else []
     model = sum(towers[p]["fwd_bwd"] for p in grad_passes) + sum(towers[p]["fwd"] for p in nograd_passes)
     refwd = sum(towers[p]["fwd"] for p in grad_passes) if chunked else 0
     return {"model": float(model), "executed": float(model + refwd), "grad_passes": grad_passes,
@@ -303,9 +300,9 @@ def synthetic_batch(rig: Rig, batch: int, seed: int = 0) -> dict[str, torch.Tens
            # Few repeated ids, like a uniform batch from thousands of identities.
            "train_id": torch.randint(0, 10_000, (batch,), generator=gen),
            "pair": torch.arange(batch)}
-    if rig.weights.mvs:
+    if rig.cfg.loss.mvs_i:
         out["image_mvs"] = images()
-    if rig.weights.uses_simclr:
+    if rig.cfg.loss.uses_ss_i:
         out["simclr_a"], out["simclr_b"] = images(), images()
     if rig.device.type == "cuda":
         out = {k: v.pin_memory() for k, v in out.items()}
@@ -361,7 +358,7 @@ def counted_step_flops(rig: Rig, batch: dict, chunk: int) -> float:
 def add_flops(row: dict, towers: dict, rig: Rig, peak: float | None) -> dict:
     if row.get("mode") == "loader-only" or "samples_per_s" not in row:
         return row
-    f = step_flops(towers, rig.weights, chunked=0 < row["chunk"] < row["batch"], alpha=rig.alpha)
+    f = step_flops(towers, rig.cfg.loss, chunked=0 < row["chunk"] < row["batch"], alpha=rig.alpha)
     row["flops_per_sample"] = f
     row["tflops_per_s"] = f["executed"] * row["samples_per_s"] / 1e12
     if peak:
@@ -569,7 +566,7 @@ def main(argv=None) -> int:
     towers_by_experiment: dict[str, dict] = {}
     for cfg, batch, chunk in jobs:
         rig = build_rig(cfg, device, args.simulate_oom_above)
-        towers = tower_flops(rig.model, device, backward=True, simclr=rig.weights.uses_simclr)
+        towers = tower_flops(rig.model, device, backward=True, simclr=rig.cfg.loss.uses_ss_i)
         towers_by_experiment[cfg.name] = towers
         if args.preset_sweep:
             new_rows = sweep_preset(args, rig)

@@ -70,6 +70,11 @@ class LossConfig:
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
 
+    @property
+    def uses_ss_i(self) -> bool:
+        """SS-I is on: training builds the SimCLR head and its two augmented views."""
+        return self.ss_i_weight > 0
+
 
 @dataclass
 class DataConfig:
@@ -89,8 +94,6 @@ class DataConfig:
     """Captions are cut to this many words after cleaning."""
     few_shot_fraction: float = 1.0
     """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
-    shuffle_buffer: int = 2000
-    """Samples held in the loader's shuffle buffer (shards are also shuffled per epoch)."""
 
 
 @dataclass

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tbps.device import resolve_device
+
 log = logging.getLogger(__name__)
 
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -80,16 +82,12 @@ def _env_int(name: str) -> int | None:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
 
-    ``device``: "auto" (CUDA if available, else CPU), "cpu" or "cuda". CUDA uses the NCCL backend
-    and device ``cuda:LOCAL_RANK``; CPU uses gloo. Without torchrun's variables (or with
+    ``device``: as :func:`tbps.device.resolve_device` ("auto": CUDA if available, else CPU). CUDA
+    uses the NCCL backend and device ``cuda:LOCAL_RANK``; CPU uses gloo. Without torchrun's variables (or with
     WORLD_SIZE=1) nothing is initialised and a single-process :class:`DistInfo` is returned.
     Calling it again after the group exists returns the current info without re-initialising.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but CUDA is not available. Fix: use device='cpu'")
+    use_cuda = resolve_device(device).type == "cuda"
 
     world_size = _env_int("WORLD_SIZE") or 1
     rank = _env_int("RANK") or 0

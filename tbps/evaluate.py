@@ -18,14 +18,15 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader
 
-from tbps.config import ExperimentConfig, config_from_dict
+from tbps.config import ExperimentConfig
 from tbps.data.captions import clean_caption
-from tbps.data.shard_reader import load_manifest, open_shards
 from tbps.data.transforms import eval_transform
+from tbps.device import resolve_device
 from tbps.fileio import sha256_file, write_parquet_atomic
 from tbps.metrics import retrieval_metrics, topk_indices
 from tbps.progress import progress
 from tbps.provenance import code_version
+from tbps.shards.reader import load_manifest, open_shards
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ class _EvalImages(torch.utils.data.IterableDataset):
     """Decoded, eval-transformed images of a split in manifest order, with their metadata."""
 
     def __init__(self, manifest: Path, image_size, normalisation: str, num_workers: int):
-        self.pipeline = open_shards(manifest, shuffle=False, seed=0, split_by_node=False,
-                                    num_workers=max(num_workers, 1))
+        self.pipeline = open_shards(manifest, num_workers=max(num_workers, 1))
         self.transform = eval_transform(image_size, normalisation)
 
     def __iter__(self):
@@ -145,25 +145,20 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
              split: str = "test", examples_out: Path | None = None, device: str = "auto",
              experiment_file: Path | None = None, num_workers: int = 2) -> pl.DataFrame:
     """Evaluate a trained checkpoint (or, without one, the experiment's pretrained weights: zero-shot)."""
-    from tbps import checkpoint as ckpt
     from tbps.config import load_experiment
-    from tbps.model import build_model, load_checkpoint_weights
+    from tbps.model import build_model, load_trained_model
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     if checkpoint_path is not None:
-        state = ckpt.load(checkpoint_path, map_location="cpu")
-        cfg = config_from_dict(state["config"])
-        cfg.model.pretrained = None  # the checkpoint holds every weight
-        bundle = build_model(cfg.model, with_simclr_head=cfg.loss.ss_i_weight > 0)
-        load_checkpoint_weights(bundle.model, state["model"], source=str(checkpoint_path))
-        epoch, seed = int(state["epochs"]), int(state["seed"])
+        trained = load_trained_model(checkpoint_path, dev)
+        model, tokenizer, cfg = trained.model, trained.tokenizer, trained.config
+        epoch, seed = trained.epochs, trained.seed
     else:
         cfg = load_experiment(experiment_file)
         bundle = build_model(cfg.model, with_simclr_head=False)
+        model, tokenizer = bundle.model.to(dev), bundle.tokenizer
         epoch, seed = 0, cfg.train.seed
-    model = bundle.model.to(dev)
-    result = evaluate_model(model, bundle.tokenizer, manifest, cfg, dev, num_workers=num_workers)
+    result = evaluate_model(model, tokenizer, manifest, cfg, dev, num_workers=num_workers)
     data_sha = sha256_file(manifest)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     rows = []

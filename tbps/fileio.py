@@ -79,10 +79,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def read_parquet_checked(path: str | os.PathLike, what: str, fix: str, required: Iterable[str] = ()):
     """Read a Parquet table another stage wrote, as a polars DataFrame.
 

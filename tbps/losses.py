@@ -14,7 +14,9 @@ Conventions shared by every function:
   (see :mod:`tbps.distributed`).
 
 The overall weights (R-ITC 1, SS-I 0.4, C-ITC 0.1, MVS-I averaging) are applied by
-:func:`combine_losses`, never inside the individual terms.
+:func:`combine_losses`, never inside the individual terms. No setting has a default here: every
+number comes from the experiment's ``LossConfig`` (:mod:`tbps.config`, where the recipe's values
+live), passed by :func:`tbps.objective.step_loss`.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def soft_targets(hard: Tensor, logits_nograd: Tensor, alpha: float) -> Tensor:
 
 
 def soft_label_alpha(
-    step_in_epoch: int, steps_per_epoch: int, epoch: int, alpha: float, ramp_epochs: int = 1
+    step_in_epoch: int, steps_per_epoch: int, epoch: int, *, alpha: float, ramp_epochs: int
 ) -> float:
     """α for this iteration: α·min(1, n/(ramp_epochs·E)) during the ramp, α afterwards.
 
@@ -118,26 +120,18 @@ def n_itc(
     txt_local: Tensor,
     img_all: Tensor,
     txt_all: Tensor,
-    ids_local: Tensor | None,
-    ids_all: Tensor | None,
     scale: Tensor,
     *,
-    targets_i2t: Tensor | None = None,
-    targets_t2i: Tensor | None = None,
+    targets_i2t: Tensor,
+    targets_t2i: Tensor,
 ) -> Tensor:
     """N-ITC = ½[CE(m^{i2t}, p^{i2t}) + CE(m^{t2i}, p^{t2i})], averaged over the local rows.
 
-    Without explicit targets both directions use the hard identity targets q̂ (the paper's
-    formula); pass soft targets from :func:`soft_targets` for the official recipe. The ids may be
-    None when both targets are given.
+    The targets m are b x B and treated as constants: the hard identity targets q̂ of
+    :func:`identity_targets` for the paper's formula, :func:`soft_targets` for the official
+    recipe, :func:`diagonal_targets` for plain CLIP.
     """
     logits_i2t, logits_t2i = _similarity_logits(img_local, txt_local, img_all, txt_all, scale)
-    if targets_i2t is None or targets_t2i is None:
-        if ids_local is None or ids_all is None:
-            raise ValueError("n_itc needs ids_local and ids_all unless both targets are given")
-        hard = identity_targets(ids_local, ids_all, _at_least_fp32(logits_i2t).dtype).to(logits_i2t.device)
-        targets_i2t = hard if targets_i2t is None else targets_i2t
-        targets_t2i = hard if targets_t2i is None else targets_t2i
     return 0.5 * (_soft_cross_entropy(targets_i2t, logits_i2t) + _soft_cross_entropy(targets_t2i, logits_t2i))
 
 
@@ -146,9 +140,7 @@ def clip_loss(
 ) -> Tensor:
     """Plain CLIP InfoNCE (clip_baseline preset): one-hot targets at g(i) = rank·b + i."""
     hard = diagonal_targets(img_local.shape[0], img_all.shape[0], rank, device=img_local.device)
-    return n_itc(
-        img_local, txt_local, img_all, txt_all, None, None, scale, targets_i2t=hard, targets_t2i=hard
-    )
+    return n_itc(img_local, txt_local, img_all, txt_all, scale, targets_i2t=hard, targets_t2i=hard)
 
 
 def _reverse_kl(logits: Tensor, log_targets: Tensor) -> Tensor:
@@ -162,23 +154,17 @@ def r_itc(
     txt_local: Tensor,
     img_all: Tensor,
     txt_all: Tensor,
-    ids_local: Tensor | None,
-    ids_all: Tensor | None,
     scale: Tensor,
-    eps: float = 1e-2,
     *,
-    targets: Tensor | None = None,
+    targets: Tensor,
+    eps: float,
 ) -> Tensor:
-    """R-ITC = ½(KL^{i2t} + KL^{t2i}) with KL(p ‖ q̂ + ε), hard targets, q̂ + ε not renormalised.
+    """R-ITC = ½(KL^{i2t} + KL^{t2i}) with KL(p ‖ q̂ + ε), q̂ + ε not renormalised.
 
-    ``targets`` overrides q̂ (e.g. :func:`diagonal_targets` when identity targets are off); it is
-    treated as a constant either way.
+    ``targets`` is q̂ (b x B): the hard identity targets of :func:`identity_targets`, or
+    :func:`diagonal_targets` when identity targets are off. It is treated as a constant.
     """
     logits_i2t, logits_t2i = _similarity_logits(img_local, txt_local, img_all, txt_all, scale)
-    if targets is None:
-        if ids_local is None or ids_all is None:
-            raise ValueError("r_itc needs ids_local and ids_all unless targets are given")
-        targets = identity_targets(ids_local, ids_all, _at_least_fp32(logits_i2t).dtype)
     log_targets = (targets.detach().to(logits_i2t.device) + eps).log()
     return 0.5 * (_reverse_kl(logits_i2t, log_targets) + _reverse_kl(logits_t2i, log_targets))
 
@@ -199,14 +185,14 @@ def c_itc_terms(img_all: Tensor, txt_all: Tensor) -> tuple[Tensor, Tensor]:
     return c_inter, c_cross
 
 
-def c_itc(img_all: Tensor, txt_all: Tensor, term_weight: float = 0.25) -> Tensor:
-    """term_weight·(C^I + C^C). The overall C-ITC weight (0.1) is applied by :func:`combine_losses`."""
+def c_itc(img_all: Tensor, txt_all: Tensor, *, term_weight: float) -> Tensor:
+    """term_weight·(C^I + C^C). The overall C-ITC weight is applied by :func:`combine_losses`."""
     c_inter, c_cross = c_itc_terms(img_all, txt_all)
     return term_weight * (c_inter + c_cross)
 
 
 def ss_i_nt_xent(
-    za_local: Tensor, zb_local: Tensor, za_all: Tensor, zb_all: Tensor, rank: int, temperature: float = 0.1
+    za_local: Tensor, zb_local: Tensor, za_all: Tensor, zb_all: Tensor, rank: int, *, temperature: float
 ) -> Tensor:
     """SS-I: symmetric NT-Xent over the gathered SimCLR embeddings, identities ignored.
 
@@ -239,10 +225,10 @@ def combine_losses(
     r_itc: Tensor | None = None,
     ss_i: Tensor | None = None,
     c_itc: Tensor | None = None,
-    mvs_mode: str = "average",
-    r_weight: float = 1.0,
-    ss_weight: float = 0.4,
-    c_weight: float = 0.1,
+    mvs_mode: str,
+    r_weight: float,
+    ss_weight: float,
+    c_weight: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss from the per-term values (spec §6 "Total loss").
 

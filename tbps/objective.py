@@ -1,62 +1,26 @@
 """One training step's loss: the TBPS-CLIP terms wired to gathered embeddings.
 
 Kept apart from the loop so the same function serves the plain step, the
-gradient-cached step and the tests. Every setting is an explicit argument.
+gradient-cached step and the tests. This is the one place where the experiment's
+:class:`~tbps.config.LossConfig` becomes the numbers that the pure functions of
+:mod:`tbps.losses` take.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from tbps import losses
+from tbps.config import LossConfig
 from tbps.distributed import gather_constant, gather_no_grad, gather_with_grad
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The loss recipe as plain numbers (built once from the experiment's LossConfig)."""
-
-    identity_targets: bool = True
-    alpha: float = 0.5
-    mvs: bool = True
-    mvs_mode: str = "average"
-    r_weight: float = 1.0
-    r_eps: float = 1e-2
-    c_weight: float = 0.1
-    c_term_weight: float = 0.25
-    ss_weight: float = 0.4
-    ss_temperature: float = 0.1
-    global_grad: bool = True
-
-    @classmethod
-    def from_config(cls, loss_cfg) -> LossWeights:
-        return cls(
-            identity_targets=loss_cfg.identity_targets,
-            alpha=loss_cfg.soft_label_alpha,
-            mvs=loss_cfg.mvs_i,
-            mvs_mode=loss_cfg.mvs_mode,
-            r_weight=loss_cfg.r_itc_weight,
-            r_eps=loss_cfg.r_itc_eps,
-            c_weight=loss_cfg.c_itc_weight,
-            c_term_weight=loss_cfg.c_itc_term_weight,
-            ss_weight=loss_cfg.ss_i_weight,
-            ss_temperature=loss_cfg.ss_i_temperature,
-            global_grad=loss_cfg.global_grad,
-        )
-
-    @property
-    def uses_simclr(self) -> bool:
-        return self.ss_weight > 0
 
 
 def step_loss(
     emb: dict[str, Tensor],
     ids_local: Tensor,
     scale: Tensor,
-    weights: LossWeights,
+    loss_cfg: LossConfig,
     *,
     alpha: float,
     rank: int,
@@ -69,12 +33,12 @@ def step_loss(
     ``text``, ``image_mvs``) used for soft labels when ``alpha > 0``. ``scale`` is the clamped
     logit scale (it carries the gradient to θ).
     """
-    gather = gather_with_grad if weights.global_grad else gather_no_grad
+    gather = gather_with_grad if loss_cfg.global_grad else gather_no_grad
     v, t = emb["image"], emb["text"]
     v_all, t_all = gather(v), gather(t)
     ids_all = gather_constant(ids_local)
     b, big_b = v.shape[0], v_all.shape[0]
-    if weights.identity_targets:
+    if loss_cfg.identity_targets:
         hard = losses.identity_targets(ids_local, ids_all).to(v.device)
     else:
         hard = losses.diagonal_targets(b, big_b, rank, device=v.device)
@@ -91,32 +55,32 @@ def step_loss(
         )
 
     i2t, t2i = targets_for("image")
-    n_main = losses.n_itc(v, t, v_all, t_all, None, None, scale, targets_i2t=i2t, targets_t2i=t2i)
+    n_main = losses.n_itc(v, t, v_all, t_all, scale, targets_i2t=i2t, targets_t2i=t2i)
     n_mvs = None
-    if weights.mvs and "image_mvs" in emb:
+    if loss_cfg.mvs_i and "image_mvs" in emb:
         vm = emb["image_mvs"]
         i2t_m, t2i_m = targets_for("image_mvs")
-        n_mvs = losses.n_itc(vm, t, gather(vm), t_all, None, None, scale, targets_i2t=i2t_m, targets_t2i=t2i_m)
+        n_mvs = losses.n_itc(vm, t, gather(vm), t_all, scale, targets_i2t=i2t_m, targets_t2i=t2i_m)
     r = None
-    if weights.r_weight:
-        r = losses.r_itc(v, t, v_all, t_all, None, None, scale, weights.r_eps, targets=hard)
-    c = losses.c_itc(v_all, t_all, weights.c_term_weight) if weights.c_weight else None
+    if loss_cfg.r_itc_weight:
+        r = losses.r_itc(v, t, v_all, t_all, scale, targets=hard, eps=loss_cfg.r_itc_eps)
+    c = losses.c_itc(v_all, t_all, term_weight=loss_cfg.c_itc_term_weight) if loss_cfg.c_itc_weight else None
     ss = None
-    if weights.uses_simclr and "simclr_a" in emb:
+    if loss_cfg.uses_ss_i and "simclr_a" in emb:
         za, zb = emb["simclr_a"], emb["simclr_b"]
-        ss = losses.ss_i_nt_xent(za, zb, gather(za), gather(zb), rank, weights.ss_temperature)
+        ss = losses.ss_i_nt_xent(za, zb, gather(za), gather(zb), rank, temperature=loss_cfg.ss_i_temperature)
     return losses.combine_losses(
-        n_main, n_itc_mvs=n_mvs, r_itc=r, ss_i=ss, c_itc=c, mvs_mode=weights.mvs_mode,
-        r_weight=weights.r_weight, ss_weight=weights.ss_weight, c_weight=weights.c_weight,
+        n_main, n_itc_mvs=n_mvs, r_itc=r, ss_i=ss, c_itc=c, mvs_mode=loss_cfg.mvs_mode,
+        r_weight=loss_cfg.r_itc_weight, ss_weight=loss_cfg.ss_i_weight, c_weight=loss_cfg.c_itc_weight,
     )
 
 
-def batch_inputs(batch: dict[str, Tensor], weights: LossWeights) -> dict[str, Tensor]:
+def batch_inputs(batch: dict[str, Tensor], loss_cfg: LossConfig) -> dict[str, Tensor]:
     """The encoder inputs one step needs, by embedding name."""
     inputs = {"image": batch["image"], "text": batch["tokens"]}
-    if weights.mvs and "image_mvs" in batch:
+    if loss_cfg.mvs_i and "image_mvs" in batch:
         inputs["image_mvs"] = batch["image_mvs"]
-    if weights.uses_simclr and "simclr_a" in batch:
+    if loss_cfg.uses_ss_i and "simclr_a" in batch:
         inputs["simclr_a"] = batch["simclr_a"]
         inputs["simclr_b"] = batch["simclr_b"]
     return inputs

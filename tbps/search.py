@@ -8,9 +8,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from tbps import checkpoint as ckpt
-from tbps.config import config_from_dict
 from tbps.data.captions import clean_caption
+from tbps.device import resolve_device
 from tbps.evaluate import encode_split
 from tbps.metrics import topk_indices
 
@@ -20,22 +19,16 @@ log = logging.getLogger(__name__)
 def search(checkpoint_path: Path, manifest: Path, queries: list[str], *, top_k: int = 5, device: str = "auto",
            num_workers: int = 2) -> pl.DataFrame:
     """Rank the gallery images of ``manifest`` for each query text; one row per (query, rank)."""
-    from tbps.model import build_model, load_checkpoint_weights
+    from tbps.model import load_trained_model
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    state = ckpt.load(checkpoint_path, map_location="cpu")
-    cfg = config_from_dict(state["config"])
-    cfg.model.pretrained = None  # every weight comes from the checkpoint
-    bundle = build_model(cfg.model, with_simclr_head=False)
-    load_checkpoint_weights(bundle.model, state["model"], source=str(checkpoint_path),
-                            ignore_prefixes=("simclr_head.",))
-    model = bundle.model.to(dev).eval()
-    gallery = encode_split(model, bundle.tokenizer, manifest, image_size=cfg.model.image_size,
+    dev = resolve_device(device)
+    trained = load_trained_model(checkpoint_path, dev)
+    model, cfg = trained.model, trained.config
+    gallery = encode_split(model, trained.tokenizer, manifest, image_size=cfg.model.image_size,
                            normalisation=cfg.data.normalisation, batch_size=cfg.eval.batch_size, device=dev,
                            max_words=cfg.data.max_words, num_workers=num_workers, with_captions=False)
     with torch.no_grad():
-        tokens = bundle.tokenizer([clean_caption(q, max_words=cfg.data.max_words) for q in queries]).to(dev)
+        tokens = trained.tokenizer([clean_caption(q, max_words=cfg.data.max_words) for q in queries]).to(dev)
         text = model.encode_text(tokens).float().cpu()
     scores = text @ gallery.image_features.t()
     top = topk_indices(scores, top_k)

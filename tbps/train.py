@@ -8,12 +8,14 @@ computed exactly by gradient caching (``train.grad_cache_chunk``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +25,16 @@ import yaml
 from torch.utils.data import DataLoader
 
 from tbps import __version__, checkpoint, losses
-from tbps.config import ExperimentConfig
-from tbps.data.loader import EpochBatchSampler, ShardIndex, TrainPairs, pair_table
+from tbps.config import ExperimentConfig, LossConfig
+from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table
 from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic, write_text_atomic
 from tbps.gradcache import grad_cached_backward
-from tbps.objective import LossWeights, batch_inputs, nograd_pass, step_loss
+from tbps.objective import batch_inputs, nograd_pass, step_loss
 from tbps.progress import progress
 from tbps.schedule import learning_rate
+from tbps.shards.index import ShardIndex
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +91,10 @@ def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
     pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
     size = tuple(cfg.model.image_size)
     pool = transforms.train_pool_transform(size, cfg.data.normalisation, enabled=cfg.data.image_pool)
-    weights = LossWeights.from_config(cfg.loss)
     dataset = TrainPairs(
         index, pairs, tokenize=model_bundle.tokenizer, image_transform=pool,
-        mvs_transform=pool if weights.mvs else None,
-        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if weights.uses_simclr else None,
+        mvs_transform=pool if cfg.loss.mvs_i else None,
+        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None,
         backtranslation_prob=cfg.data.backtranslation_prob, word_deletion_prob=cfg.data.word_deletion_prob,
         max_words=cfg.data.max_words,
     )
@@ -125,17 +127,17 @@ def make_encode(model, device: torch.device, amp_dtype: torch.dtype | None):
     return encode
 
 
-def train_step(model, optimizer, scaler, encode, batch: dict, weights: LossWeights, *, alpha: float, chunk: int,
+def train_step(model, optimizer, scaler, encode, batch: dict, loss_cfg: LossConfig, *, alpha: float, chunk: int,
                dist: DistInfo) -> tuple[torch.Tensor, dict]:
     """One optimiser step: soft-label pass, (gradient-cached) forward/backward, gradient averaging
     over processes, (scaled) optimiser step. Returns the loss and its terms (detached)."""
     ids = batch["train_id"].to(dist.device)
-    inputs = batch_inputs(batch, weights)
+    inputs = batch_inputs(batch, loss_cfg)
     nograd = nograd_pass(encode, inputs, chunk) if alpha > 0 else None
     scale = model.logit_scale_value()
 
     def loss_fn(emb):
-        return step_loss(emb, ids, scale, weights, alpha=alpha, rank=dist.rank, nograd=nograd)
+        return step_loss(emb, ids, scale, loss_cfg, alpha=alpha, rank=dist.rank, nograd=nograd)
 
     optimizer.zero_grad(set_to_none=True)
     loss, terms = grad_cached_backward(encode, inputs, loss_fn, chunk, scale_loss=scaler.scale,
@@ -163,8 +165,119 @@ def _average_gradients(model: torch.nn.Module, dist: DistInfo) -> None:
         offset += g.numel()
 
 
+@dataclass
+class RunState:
+    """Where a run stands: what a resumable checkpoint carries besides the weights."""
+
+    epoch: int = 0
+    """0-based epoch to continue in."""
+    next_batch: int = 0
+    """First batch of ``epoch`` not yet trained on."""
+    global_step: int = 0
+    log_rows: list[dict] = field(default_factory=list)
+    val_rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunCheckpoints:
+    """Restoring and writing one run's checkpoints; only the main process writes."""
+
+    paths: TrainPaths
+    cfg: ExperimentConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    is_main: bool
+
+    def restore(self) -> RunState:
+        """Continue from ``last.pt`` (weights, optimiser, RNG streams, logs), or start over without it."""
+        last = self.paths.last
+        state = checkpoint.load(last, map_location=self.device) if last.is_file() else None
+        if state is not None and state["resume_sha256"] != self.cfg.resume_sha256():
+            # A changed experiment reruns training (Snakemake's params/input triggers): start over
+            # rather than continue a run of another configuration. The old checkpoint is replaced.
+            log.warning("%s was made with another configuration: starting from scratch", last)
+            state = None
+        if state is None:
+            log.info("no usable checkpoint at %s: starting from scratch", last)
+            return RunState()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        run = RunState(state["epoch"], state["next_batch"], state["global_step"], list(state["log_rows"]),
+                       list(state["val_rows"]))
+        checkpoint.set_rng_state(state["rng"], self.device)
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", last, run.epoch + 1, run.next_batch,
+                 run.global_step)
+        return run
+
+    def save_resumable(self, run: RunState) -> None:
+        """``last.pt`` at ``run``'s position, and the training log so far."""
+        if not self.is_main:
+            return
+        checkpoint.save(self.paths.last, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": run.epoch, "next_batch": run.next_batch,
+            "global_step": run.global_step, "rng": checkpoint.rng_state(self.device), "config": self.cfg.to_dict(),
+            "resume_sha256": self.cfg.resume_sha256(), "log_rows": run.log_rows, "val_rows": run.val_rows,
+        })
+        if run.log_rows:
+            write_parquet_atomic(pl.DataFrame(run.log_rows), self.paths.log)
+
+    def save_final(self, run: RunState, *, stopped_early: bool, train_manifest: Path) -> None:
+        """The training log, the validation curve and ``final.pt`` (weights and provenance)."""
+        if not self.is_main:
+            return
+        write_parquet_atomic(pl.DataFrame(run.log_rows), self.paths.log)
+        if run.val_rows:
+            write_parquet_atomic(pl.DataFrame(run.val_rows), self.paths.val)
+        # A run cut short by train.max_steps (a smoke run) still ends with an evaluable model; its
+        # last.pt stays resumable with a larger max_steps.
+        epochs_done = run.log_rows[-1]["epoch"] if run.log_rows else 0
+        checkpoint.save(self.paths.final, {
+            "model": self.model.state_dict(), "config": self.cfg.to_dict(), "config_sha256": self.cfg.sha256(),
+            "epochs": epochs_done, "global_step": run.global_step, "seed": self.cfg.train.seed,
+            "stopped_by_max_steps": stopped_early, "code_version": __version__,
+            "train_manifest_sha256": sha256_file(train_manifest),
+        })
+        log.info("wrote %s (epoch %d, step %d)", self.paths.final, epochs_done, run.global_step)
+
+
+def steps_per_epoch(num_pairs: int, global_batch: int, manifest: Path) -> int:
+    """Full batches per epoch (the last incomplete one is dropped); at least one."""
+    steps = num_pairs // global_batch
+    if steps == 0:
+        raise UserInputError(
+            f"{manifest}: {num_pairs} training pairs are fewer than one batch of {global_batch}. "
+            "Fix: lower data.batch_size"
+        )
+    return steps
+
+
+def lr_schedule(cfg: ExperimentConfig, steps: int) -> Callable[[int], float]:
+    """The learning rate at each global step (warm-up, then cosine) for ``steps`` steps per epoch."""
+    optim = cfg.optim
+    return functools.partial(learning_rate, steps_per_epoch=steps, epochs=optim.epochs, peak=optim.lr,
+                             warmup_start=optim.warmup_start_lr, warmup_epochs=optim.warmup_epochs,
+                             final=optim.min_lr)
+
+
+def log_step(run: RunState, terms: dict, *, epoch: int, step_in_epoch: int, lr: float, alpha: float,
+             logit_scale: float, samples_per_s: float) -> dict:
+    """Append one step's row (loss terms averaged over processes) to the training log; returns it."""
+    row = {"epoch": epoch + 1, "step": step_in_epoch + 1, "global_step": run.global_step, "lr": lr,
+           "alpha": alpha, "logit_scale": logit_scale, "samples_per_s": samples_per_s}
+    row.update({f"loss_{k}": float(all_reduce_mean(v)) for k, v in terms.items()})
+    run.log_rows.append(row)
+    if not math.isfinite(row["loss_total"]):
+        raise RuntimeError(f"loss became {row['loss_total']} at step {run.global_step}; lower optim.lr")
+    return row
+
+
 def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifest: Path | None = None,
           resume: bool = False, device: str = "auto") -> Path:
+    """Fine-tune ``cfg``'s model on the shards of ``train_manifest``; returns the path of ``final.pt``."""
     from tbps.model import build_model, param_groups
 
     dist = init_distributed(device)
@@ -174,8 +287,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
                       stacklevel=1)
     paths = TrainPaths(Path(out))
     seed_everything(cfg.train.seed)
-    weights = LossWeights.from_config(cfg.loss)
-    bundle = build_model(cfg.model, with_simclr_head=weights.uses_simclr)
+    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i)
     model = bundle.model.to(dev)
     index, pairs, dataset = build_training_data(cfg, Path(train_manifest), bundle)
 
@@ -184,127 +296,71 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         eps=cfg.optim.eps,
     )
     global_batch = cfg.data.batch_size
-    steps_per_epoch = len(pairs) // global_batch
-    if steps_per_epoch == 0:
-        raise UserInputError(
-            f"{train_manifest}: {len(pairs)} training pairs are fewer than one batch of {global_batch}. "
-            "Fix: lower data.batch_size"
-        )
-    lr_at = lambda step: learning_rate(  # noqa: E731
-        step, steps_per_epoch=steps_per_epoch, epochs=cfg.optim.epochs, peak=cfg.optim.lr,
-        warmup_start=cfg.optim.warmup_start_lr, warmup_epochs=cfg.optim.warmup_epochs, final=cfg.optim.min_lr,
-    )
+    steps = steps_per_epoch(len(pairs), global_batch, train_manifest)
+    lr_at = lr_schedule(cfg, steps)
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-
-    start_epoch, start_batch, global_step = 0, 0, 0
-    log_rows: list[dict] = []
-    val_rows: list[dict] = []
-    state = checkpoint.load(paths.last, map_location=dev) if resume and paths.last.is_file() else None
-    if state is not None and state["resume_sha256"] != cfg.resume_sha256():
-        # A changed experiment reruns training (Snakemake's params/input triggers): start over
-        # rather than continue a run of another configuration. The old checkpoint is replaced.
-        log.warning("%s was made with another configuration: starting from scratch", paths.last)
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, start_batch, global_step = state["epoch"], state["next_batch"], state["global_step"]
-        log_rows, val_rows = list(state["log_rows"]), list(state["val_rows"])
-        checkpoint.set_rng_state(state["rng"], dev)
-        log.info("resumed from %s at epoch %d, batch %d (step %d)", paths.last, start_epoch + 1, start_batch,
-                 global_step)
-    elif resume:
-        log.info("no usable checkpoint at %s: starting from scratch", paths.last)
+    checkpoints = RunCheckpoints(paths, cfg, model, optimizer, scaler, dev, is_main=dist.is_main)
+    run = checkpoints.restore() if resume else RunState()
 
     if dist.is_main:
         paths.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(paths.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log.info("training %s on %d pairs (%d images): %d epochs x %d steps of %d, %d process(es), device %s",
-             cfg.name, len(pairs), len(index.samples), cfg.optim.epochs, steps_per_epoch, global_batch,
+             cfg.name, len(pairs), len(index.samples), cfg.optim.epochs, steps, global_batch,
              dist.world_size, dev)
 
     encode = make_encode(model, dev, amp_dtype)
-
-    def save_checkpoint(epoch: int, next_batch: int) -> None:
-        if not dist.is_main:
-            return
-        checkpoint.save(paths.last, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epoch, "next_batch": next_batch, "global_step": global_step,
-            "rng": checkpoint.rng_state(dev), "config": cfg.to_dict(), "resume_sha256": cfg.resume_sha256(),
-            "log_rows": log_rows, "val_rows": val_rows,
-        })
-        write_parquet_atomic(pl.DataFrame(log_rows), paths.log) if log_rows else None
-
     max_steps = cfg.train.max_steps
-    stopped_early = max_steps is not None and global_step >= max_steps
+    stopped_early = max_steps is not None and run.global_step >= max_steps
     model.train()
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    for epoch in range(run.epoch, cfg.optim.epochs):
         if stopped_early:
             break
         sampler = EpochBatchSampler(len(pairs), global_batch, seed=cfg.train.seed, epoch=epoch, rank=dist.rank,
-                                    world_size=dist.world_size, start_batch=start_batch if epoch == start_epoch else 0)
-        bar = progress(total=steps_per_epoch, initial=sampler.start_batch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   disable=not dist.is_main)
+                                    world_size=dist.world_size, start_batch=run.next_batch)
+        bar = progress(total=steps, initial=sampler.start_batch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                       disable=not dist.is_main)
         tick = time.perf_counter()
         for step_in_epoch, batch in enumerate(make_loader(dataset, sampler, cfg, dev), start=sampler.start_batch):
-            lr = lr_at(global_step)
+            lr = lr_at(run.global_step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            alpha = losses.soft_label_alpha(step_in_epoch, steps_per_epoch, epoch, weights.alpha,
-                                            cfg.loss.soft_label_ramp_epochs)
+            alpha = losses.soft_label_alpha(step_in_epoch, steps, epoch, alpha=cfg.loss.soft_label_alpha,
+                                            ramp_epochs=cfg.loss.soft_label_ramp_epochs)
             scale_used = float(model.logit_scale_value().detach())
-            loss, terms = train_step(model, optimizer, scaler, encode, batch, weights, alpha=alpha,
-                                     chunk=cfg.train.grad_cache_chunk, dist=dist)
-            global_step += 1
+            _, terms = train_step(model, optimizer, scaler, encode, batch, cfg.loss, alpha=alpha,
+                                  chunk=cfg.train.grad_cache_chunk, dist=dist)
+            run.global_step += 1
+            run.epoch, run.next_batch = epoch, step_in_epoch + 1
 
             now = time.perf_counter()
             samples_per_s = global_batch / max(now - tick, 1e-9)
             tick = now
-            row = {"epoch": epoch + 1, "step": step_in_epoch + 1, "global_step": global_step, "lr": lr,
-                   "alpha": alpha, "logit_scale": scale_used, "samples_per_s": samples_per_s}
-            row.update({f"loss_{k}": float(all_reduce_mean(v)) for k, v in terms.items()})
-            log_rows.append(row)
+            row = log_step(run, terms, epoch=epoch, step_in_epoch=step_in_epoch, lr=lr, alpha=alpha,
+                           logit_scale=scale_used, samples_per_s=samples_per_s)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}", sps=f"{samples_per_s:.0f}")
             bar.update(1)
-            if global_step % cfg.train.log_every_steps == 0:
+            if run.global_step % cfg.train.log_every_steps == 0:
                 log.info("epoch %d step %d/%d loss %.4f lr %.2e scale %.1f %.0f samples/s", epoch + 1,
-                         step_in_epoch + 1, steps_per_epoch, row["loss_total"], lr, row["logit_scale"], samples_per_s)
-            if not math.isfinite(row["loss_total"]):
-                raise RuntimeError(f"loss became {row['loss_total']} at step {global_step}; lower optim.lr")
-            if max_steps is not None and global_step >= max_steps:
-                save_checkpoint(epoch, step_in_epoch + 1)
-                stopped_early = True
+                         step_in_epoch + 1, steps, row["loss_total"], lr, row["logit_scale"], samples_per_s)
+            stopped_early = max_steps is not None and run.global_step >= max_steps
+            if stopped_early or run.global_step % cfg.train.checkpoint_every_steps == 0:
+                checkpoints.save_resumable(run)
+            if stopped_early:
                 break
-            if global_step % cfg.train.checkpoint_every_steps == 0:
-                save_checkpoint(epoch, step_in_epoch + 1)
         bar.close()
         if stopped_early:
-            log.info("stopped after %d steps (train.max_steps); resume with --resume", global_step)
+            log.info("stopped after %d steps (train.max_steps); resume with --resume", run.global_step)
             break
-        start_batch = 0
         if val_manifest is not None and cfg.train.eval_every_epoch and dist.is_main:
-            val_rows.extend(_validate(model, bundle, cfg, Path(val_manifest), dev, epoch + 1))
+            run.val_rows.extend(_validate(model, bundle, cfg, Path(val_manifest), dev, epoch + 1))
             model.train()
-        save_checkpoint(epoch + 1, 0)
+        run.epoch, run.next_batch = epoch + 1, 0
+        checkpoints.save_resumable(run)
         barrier()
 
-    if dist.is_main:
-        write_parquet_atomic(pl.DataFrame(log_rows), paths.log)
-        if val_rows:
-            write_parquet_atomic(pl.DataFrame(val_rows), paths.val)
-        # A run cut short by train.max_steps (a smoke run) still ends with an evaluable model; its
-        # last.pt stays resumable with a larger max_steps.
-        epochs_done = log_rows[-1]["epoch"] if log_rows else 0
-        checkpoint.save(paths.final, {
-            "model": model.state_dict(), "config": cfg.to_dict(), "config_sha256": cfg.sha256(),
-            "epochs": epochs_done, "global_step": global_step, "seed": cfg.train.seed,
-            "stopped_by_max_steps": stopped_early, "code_version": __version__,
-            "train_manifest_sha256": sha256_file(train_manifest),
-        })
-        log.info("wrote %s (epoch %d, step %d)", paths.final, epochs_done, global_step)
+    checkpoints.save_final(run, stopped_early=stopped_early, train_manifest=train_manifest)
     cleanup()
     return paths.final
 

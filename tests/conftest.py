@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory):
     """A small synthetic CUHK-PEDES-format raw folder, generated once per test session."""
-    from tbps.data.synth import generate_dataset
+    from tbps.synth.generate import generate_dataset
 
     out = tmp_path_factory.mktemp("raw") / "synthetic"
     generate_dataset("cuhk-pedes", out, ids=40, seed=0, val_ids=8, test_ids=8)
@@ -26,9 +26,10 @@ def synthetic_shards(synthetic_raw, tmp_path_factory):
 
     Returns a dict with the raw folder and each split's manifest path.
     """
-    from tbps.data.annotations import prepare
-    from tbps.data.augment import augment_captions, make_backend
-    from tbps.data.shards import write_split
+    from tbps.augment.backends import make_backend
+    from tbps.augment.stage import augment_captions
+    from tbps.ingest.annotations import prepare
+    from tbps.shards.writer import write_split
 
     root = tmp_path_factory.mktemp("prepared")
     table = root / "annotations.parquet"

@@ -17,11 +17,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tbps.augment import backtranslation as bt
+from tbps.augment.backends import IdentityBackend, make_backend
+from tbps.augment.cache import AugmentCache
+from tbps.augment.stage import augment_captions, read_captions
+from tbps.augment.synonyms import SynonymBackend, SynonymTable
 from tbps.cli import main
-from tbps.data import backtranslate as bt
-from tbps.data.augment import IdentityBackend, augment_captions, make_backend, read_captions
-from tbps.data.augment_cache import AugmentCache
-from tbps.data.synonyms import SynonymBackend, SynonymTable
 from tbps.errors import UserInputError
 
 
@@ -109,7 +110,7 @@ def test_table_groups_never_merge_distinct_concepts(table) -> None:
         assert not merged, f"table groups different things together: {merged}"
 
 
-def test_table_shape(table) -> None:
+def test_shipped_synonym_table_covers_identity_categories_and_is_hashed(table) -> None:
     assert len(table.groups) >= 40
     assert set(table.categories) >= IDENTITY_CATEGORIES
     assert ("trousers", "pants") in table.groups and ("grey", "gray") in table.groups
@@ -127,7 +128,7 @@ def test_table_shape(table) -> None:
         (b"groups: [unclosed\n", "not valid YAML"),
     ],
 )
-def test_table_validation(tmp_path, text: bytes, problem: str) -> None:
+def test_bad_synonym_table_is_a_user_error_naming_the_file(tmp_path, text: bytes, problem: str) -> None:
     path = tmp_path / "table.yaml"
     path.write_bytes(text)
     with pytest.raises(UserInputError, match=re.escape(problem)) as err:
@@ -364,7 +365,7 @@ def test_output_independent_of_input_row_order(tmp_path, synonyms) -> None:
         (lambda df: df.filter(pl.col("split") != "train"), "no rows with split 'train'"),
     ],
 )
-def test_bad_annotations(tmp_path, mutate, problem: str) -> None:
+def test_bad_annotations_name_the_file_record_and_fix(tmp_path, mutate, problem: str) -> None:
     ann = tmp_path / "a.parquet"
     mutate(write_annotations(ann, SPLITS)).write_parquet(ann)
     with pytest.raises(UserInputError, match=re.escape(problem)) as err:
@@ -426,7 +427,7 @@ def test_spacing_is_fixed_before_translation() -> None:
     assert seen[0] == ["red jacket. His bag"]
 
 
-def test_model_fingerprint(tmp_path) -> None:
+def test_model_fingerprint_follows_folder_content_not_its_path(tmp_path) -> None:
     assert bt.model_fingerprint("Helsinki-NLP/opus-mt-en-fr") == "Helsinki-NLP/opus-mt-en-fr"
     a = tmp_path / "a"
     a.mkdir()
@@ -439,7 +440,7 @@ def test_model_fingerprint(tmp_path) -> None:
     assert bt.model_fingerprint(str(moved)) != fp
 
 
-def test_make_backend() -> None:
+def test_make_backend_builds_backends_by_name_and_rejects_unknown_names() -> None:
     assert make_backend("none").name == "none"
     backend = make_backend("backtranslation", num_beams=2, model_en_fr="x", model_fr_en="y")
     assert backend.num_beams == 2 and backend.cache_params()["en_fr"] == "x"
@@ -502,13 +503,3 @@ def test_backtranslation_missing_model_is_a_user_error(tmp_path, tiny_marian, mo
     with pytest.raises(UserInputError, match="cannot load the translation model") as err:
         backend(["a red coat"])
     assert "no-such-model" in str(err.value) and "Fix:" in str(err.value)
-
-
-def test_cuda_request_without_gpu() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
-    assert bt.resolve_device("auto") == "cpu"
-    with pytest.raises(UserInputError, match="no CUDA GPU"):
-        bt.resolve_device("cuda")

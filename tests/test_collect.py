@@ -177,7 +177,7 @@ def test_a_failed_collect_leaves_the_previous_output_untouched(tmp_path):
 # --------------------------------------------------------------------------- cross-dataset rows
 
 
-def test_parse_experiment():
+def test_parse_experiment_reads_the_cross_dataset_suffix_and_rejects_malformed_names():
     assert parse_experiment("tbps_clip", where="f") == ("tbps_clip", None)
     assert parse_experiment("tbps_clip@icfg-pedes", where="f") == ("tbps_clip", "icfg-pedes")
     for bad in ("tbps_clip@nowhere", "@cuhk-pedes", "a@cuhk-pedes@rstpreid"):

@@ -88,24 +88,25 @@ def full_preset_terms(out, out_nograd, ids_local, rank, gather) -> dict[str, tor
     hard = identity_targets(ids_local, ids_all, torch.float64)
     sd = s.detach()
     n1 = n_itc(
-        out["v"], out["t"], v_all, t_all, ids_local, ids_all, s,
+        out["v"], out["t"], v_all, t_all, s,
         targets_i2t=soft_targets(hard, sd * out_nograd["v"] @ t2_all.t(), ALPHA),
         targets_t2i=soft_targets(hard, sd * out_nograd["t"] @ v2_all.t(), ALPHA),
     )  # fmt: skip
     n2 = n_itc(
-        out["v_mvs"], out["t"], vm_all, t_all, ids_local, ids_all, s,
+        out["v_mvs"], out["t"], vm_all, t_all, s,
         targets_i2t=soft_targets(hard, sd * out_nograd["v_mvs"] @ t2_all.t(), ALPHA),
         targets_t2i=soft_targets(hard, sd * out_nograd["t"] @ vm2_all.t(), ALPHA),
     )  # fmt: skip
     terms = {
         "n_itc": n1,
         "n_itc_mvs": n2,
-        "r_itc": r_itc(out["v"], out["t"], v_all, t_all, ids_local, ids_all, s, eps=1e-2),
-        "c_itc": c_itc(v_all, t_all, 0.25),
+        "r_itc": r_itc(out["v"], out["t"], v_all, t_all, s, targets=hard, eps=1e-2),
+        "c_itc": c_itc(v_all, t_all, term_weight=0.25),
         "ss_i": ss_i_nt_xent(out["za"], out["zb"], za_all, zb_all, rank, temperature=0.1),
     }
     terms["total"], _ = combine_losses(
-        n1, n_itc_mvs=n2, r_itc=terms["r_itc"], ss_i=terms["ss_i"], c_itc=terms["c_itc"], mvs_mode="average"
+        n1, n_itc_mvs=n2, r_itc=terms["r_itc"], ss_i=terms["ss_i"], c_itc=terms["c_itc"], mvs_mode="average",
+        r_weight=1.0, ss_weight=0.4, c_weight=0.1,
     )
     return terms
 
@@ -269,7 +270,7 @@ def test_init_distributed_rejects_bad_environment(monkeypatch):
         tdist.init_distributed(device="cpu")
 
 
-def test_local_batch_size():
+def test_local_batch_size_needs_a_global_batch_divisible_by_the_processes():
     assert tdist.local_batch_size(320, 4) == 80
     with pytest.raises(ValueError, match="not divisible"):
         tdist.local_batch_size(320, 3)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tbps.data.loader import EpochBatchSampler, ShardIndex, TrainPairs, pair_table, sample_seed
+from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table, sample_seed
 from tbps.data.transforms import train_pool_transform
 from tbps.errors import UserInputError
+from tbps.shards.index import ShardIndex
 
 
 def test_ranks_take_slices_of_the_same_global_batches():

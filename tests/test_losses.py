@@ -46,6 +46,11 @@ def _grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tenso
     return torch.autograd.grad(value, inputs, retain_graph=True)
 
 
+def _hard(ids_local=IDS[ROWS], ids_all=IDS):
+    """The hard identity targets q̂ of the simulated process (float64, as the features)."""
+    return identity_targets(ids_local, ids_all, DT)
+
+
 def _assert_close_with_grads(fast, slow, inputs):
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
     for g_fast, g_slow in zip(_grads(fast, inputs), _grads(slow, inputs), strict=True):
@@ -175,12 +180,12 @@ def test_soft_targets_limits_and_mixture():
 
 
 def test_soft_label_alpha_ramp():
-    assert soft_label_alpha(0, 10, 0, 0.5) == 0.0
-    assert soft_label_alpha(5, 10, 0, 0.5) == pytest.approx(0.25)
-    assert soft_label_alpha(9, 10, 0, 0.5) == pytest.approx(0.45)
-    assert soft_label_alpha(0, 10, 1, 0.5) == 0.5
-    assert soft_label_alpha(5, 10, 1, 0.5, ramp_epochs=2) == pytest.approx(0.5 * 15 / 20)
-    assert soft_label_alpha(3, 10, 0, 0.5, ramp_epochs=0) == 0.5
+    assert soft_label_alpha(0, 10, 0, alpha=0.5, ramp_epochs=1) == 0.0
+    assert soft_label_alpha(5, 10, 0, alpha=0.5, ramp_epochs=1) == pytest.approx(0.25)
+    assert soft_label_alpha(9, 10, 0, alpha=0.5, ramp_epochs=1) == pytest.approx(0.45)
+    assert soft_label_alpha(0, 10, 1, alpha=0.5, ramp_epochs=1) == 0.5
+    assert soft_label_alpha(5, 10, 1, alpha=0.5, ramp_epochs=2) == pytest.approx(0.5 * 15 / 20)
+    assert soft_label_alpha(3, 10, 0, alpha=0.5, ramp_epochs=0) == 0.5
 
 
 # ---------------------------------------------------------------- N-ITC / CLIP
@@ -189,7 +194,7 @@ def test_soft_label_alpha_ramp():
 def test_n_itc_hard_targets_match_loops(feats):
     raw_v, raw_t, theta, v_all, t_all = feats
     s = theta.exp()
-    fast = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, IDS[ROWS], IDS, s)
+    fast = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, targets_i2t=_hard(), targets_t2i=_hard())
     q = slow_targets(IDS[ROWS], IDS)
     slow = slow_n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, q, q)
     _assert_close_with_grads(fast, slow, [raw_v, raw_t, theta])
@@ -202,12 +207,10 @@ def test_n_itc_soft_targets_match_loops(feats):
     noise_v, noise_t = _leaves(1, (B, DIM), (B, DIM))
     v2 = F.normalize(v_all.detach() + 0.1 * noise_v.detach(), dim=1)
     t2 = F.normalize(t_all.detach() + 0.1 * noise_t.detach(), dim=1)
-    hard = identity_targets(IDS[ROWS], IDS, DT)
+    hard = _hard()
     m_i2t = soft_targets(hard, s.detach() * v2[ROWS] @ t2.t(), 0.4)
     m_t2i = soft_targets(hard, s.detach() * t2[ROWS] @ v2.t(), 0.4)
-    fast = n_itc(
-        v_all[ROWS], t_all[ROWS], v_all, t_all, IDS[ROWS], IDS, s, targets_i2t=m_i2t, targets_t2i=m_t2i
-    )
+    fast = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, targets_i2t=m_i2t, targets_t2i=m_t2i)
 
     # The spec's m, built entry by entry.
     def mix(queries, keys):
@@ -226,7 +229,8 @@ def test_n_itc_with_unique_ids_equals_clip_loss(feats):
     raw_v, raw_t, theta, v_all, t_all = feats
     s = theta.exp()
     unique = torch.arange(100, 100 + B)
-    fast = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, unique[ROWS], unique, s)
+    q = _hard(unique[ROWS], unique)
+    fast = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, targets_i2t=q, targets_t2i=q)
     baseline = clip_loss(v_all[ROWS], t_all[ROWS], v_all, t_all, s, RANK)
     _assert_close_with_grads(fast, baseline, [raw_v, raw_t, theta])
     # and the CLIP loss is InfoNCE at the global index g(i), an independent formulation:
@@ -241,7 +245,7 @@ def test_n_itc_with_unique_ids_equals_clip_loss(feats):
 def test_n_itc_repeated_ids_differ_from_clip_loss(feats):
     _, _, theta, v_all, t_all = feats
     s = theta.exp()
-    with_ids = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, IDS[ROWS], IDS, s)
+    with_ids = n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, targets_i2t=_hard(), targets_t2i=_hard())
     assert abs(with_ids.item() - clip_loss(v_all[ROWS], t_all[ROWS], v_all, t_all, s, RANK).item()) > 1e-3
 
 
@@ -251,7 +255,7 @@ def test_n_itc_repeated_ids_differ_from_clip_loss(feats):
 def test_r_itc_matches_loops(feats):
     raw_v, raw_t, theta, v_all, t_all = feats
     s = theta.exp()
-    fast = r_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, IDS[ROWS], IDS, s, eps=1e-2)
+    fast = r_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, targets=_hard(), eps=1e-2)
     slow = slow_r_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, slow_targets(IDS[ROWS], IDS), 1e-2)
     _assert_close_with_grads(fast, slow, [raw_v, raw_t, theta])
 
@@ -259,8 +263,8 @@ def test_r_itc_matches_loops(feats):
 def test_r_itc_targets_get_no_gradient_and_are_not_renormalised(feats):
     _, _, theta, v_all, t_all = feats
     s = theta.exp().detach()
-    q = identity_targets(IDS[ROWS], IDS, DT).requires_grad_()
-    value = r_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, None, None, s, eps=0.5, targets=q)
+    q = _hard().requires_grad_()
+    value = r_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, s, targets=q, eps=0.5)
     (grad_q,) = torch.autograd.grad(value, [q], allow_unused=True)
     assert grad_q is None
     # q̂ + ε with ε = 0.5 sums to 1 + 0.5·B per row; renormalising would shift the value by
@@ -282,12 +286,12 @@ def test_c_itc_matches_loops(feats):
     slow_inter, slow_cross = slow_c_itc(v_all, t_all)
     _assert_close_with_grads(c_inter, slow_inter, [raw_v, raw_t])
     _assert_close_with_grads(c_cross, slow_cross, [raw_v, raw_t])
-    _assert_close_with_grads(c_itc(v_all, t_all, 0.25), 0.25 * (slow_inter + slow_cross), [raw_v, raw_t])
+    _assert_close_with_grads(c_itc(v_all, t_all, term_weight=0.25), 0.25 * (slow_inter + slow_cross), [raw_v, raw_t])
 
 
 def test_c_itc_is_zero_for_identical_modalities(feats):
     raw_v, _, _, v_all, _ = feats
-    value = c_itc(v_all, v_all)
+    value = c_itc(v_all, v_all, term_weight=0.25)
     assert value.item() == pytest.approx(0.0, abs=1e-14)
     (grad,) = torch.autograd.grad(value, [raw_v])
     assert grad.abs().max().item() < 1e-12
@@ -309,7 +313,7 @@ def test_nt_xent_matches_loops(rank):
 def test_nt_xent_rejects_rank_outside_batch():
     za = F.normalize(torch.randn(B, DIM), dim=1)
     with pytest.raises(ValueError, match="does not fit"):
-        ss_i_nt_xent(za[:LOCAL_B], za[:LOCAL_B], za, za, rank=P)
+        ss_i_nt_xent(za[:LOCAL_B], za[:LOCAL_B], za, za, rank=P, temperature=0.1)
 
 
 # ---------------------------------------------------------------- logit scale
@@ -331,7 +335,7 @@ def test_clamped_logit_scale_above_clamp_keeps_gradient(feats):
     assert s.item() == pytest.approx(100.0)
 
     def loss(scale):
-        return n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, IDS[ROWS], IDS, scale)
+        return n_itc(v_all[ROWS], t_all[ROWS], v_all, t_all, scale, targets_i2t=_hard(), targets_t2i=_hard())
 
     (grad_theta,) = torch.autograd.grad(loss(s), [theta])
     s_leaf = torch.tensor(100.0, dtype=DT, requires_grad=True)
@@ -349,16 +353,17 @@ def test_clamped_logit_scale_above_clamp_keeps_gradient(feats):
 
 def test_combine_losses_full_and_simplified():
     n1, n2, r, ss, c = (torch.tensor(x) for x in (2.0, 4.0, 0.5, 3.0, 0.2))
-    total, logged = combine_losses(n1, n_itc_mvs=n2, r_itc=r, ss_i=ss, c_itc=c)
+    full = {"mvs_mode": "average", "r_weight": 1.0, "ss_weight": 0.4, "c_weight": 0.1}
+    total, logged = combine_losses(n1, n_itc_mvs=n2, r_itc=r, ss_i=ss, c_itc=c, **full)
     assert total.item() == pytest.approx(0.5 * (2 + 4) + 0.5 + 0.4 * 3 + 0.1 * 0.2)
     assert set(logged) == {"n_itc", "n_itc_mvs", "r_itc", "ss_i", "c_itc", "total"}
-    total_add, _ = combine_losses(n1, n_itc_mvs=n2, mvs_mode="add")
+    total_add, _ = combine_losses(n1, n_itc_mvs=n2, **{**full, "mvs_mode": "add"})
     assert total_add.item() == pytest.approx(6.0)
-    simplified, logged = combine_losses(n1, r_itc=r, ss_i=ss, ss_weight=0.0)
+    simplified, logged = combine_losses(n1, r_itc=r, ss_i=ss, **{**full, "ss_weight": 0.0})
     assert simplified.item() == pytest.approx(2.5)
     assert set(logged) == {"n_itc", "r_itc", "total"}
     with pytest.raises(ValueError, match="mvs_mode"):
-        combine_losses(n1, mvs_mode="mean")
+        combine_losses(n1, **{**full, "mvs_mode": "mean"})
 
 
 def test_losses_return_fp32_under_autocast():
@@ -367,14 +372,15 @@ def test_losses_return_fp32_under_autocast():
     v = F.normalize(torch.randn(B, DIM, generator=gen), dim=1)
     t = F.normalize(v + 0.01 * torch.randn(B, DIM, generator=gen), dim=1)  # nearly aligned: C-ITC tiny
     s = torch.tensor(100.0)
+    hard = identity_targets(IDS[ROWS], IDS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         values = {
-            "n_itc": n_itc(v[ROWS], t[ROWS], v, t, IDS[ROWS], IDS, s),
-            "r_itc": r_itc(v[ROWS], t[ROWS], v, t, IDS[ROWS], IDS, s),
-            "c_itc": c_itc(v, t),
-            "ss_i": ss_i_nt_xent(v[ROWS], t[ROWS], v, t, RANK),
+            "n_itc": n_itc(v[ROWS], t[ROWS], v, t, s, targets_i2t=hard, targets_t2i=hard),
+            "r_itc": r_itc(v[ROWS], t[ROWS], v, t, s, targets=hard, eps=1e-2),
+            "c_itc": c_itc(v, t, term_weight=0.25),
+            "ss_i": ss_i_nt_xent(v[ROWS], t[ROWS], v, t, RANK, temperature=0.1),
             "clip": clip_loss(v[ROWS], t[ROWS], v, t, s, RANK),
         }
     for name, value in values.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), name
-    torch.testing.assert_close(values["c_itc"], c_itc(v, t), rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(values["c_itc"], c_itc(v, t, term_weight=0.25), rtol=1e-5, atol=0.0)

@@ -113,7 +113,7 @@ def test_worked_example_spec_8():
         ),
     ],
 )
-def test_hand_made_cases(scores, gallery_ids, query_id, ks, expected):
+def test_single_query_rankings_computed_by_hand_including_ties(scores, gallery_ids, query_id, ks, expected):
     got = retrieval_metrics(torch.tensor([scores]), [query_id], gallery_ids, ks=ks)
     assert_close(got, {key: float(value) for key, value in expected.items()})
 

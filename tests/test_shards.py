@@ -18,19 +18,13 @@ import webdataset as wds
 from PIL import Image
 
 from tbps.cli import main
-from tbps.data import shards as shards_mod
-from tbps.data.shard_reader import open_shards, shard_paths, verify_manifest
-from tbps.data.shards import (
-    ImageRejected,
-    build_manifest,
-    encode_image,
-    estimate_sample_bytes,
-    plan_shards,
-    write_shard,
-    write_split,
-)
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_json_atomic
+from tbps.shards import writer as shards_writer
+from tbps.shards.manifest import build_manifest
+from tbps.shards.plan import estimate_sample_bytes, plan_shards
+from tbps.shards.reader import open_shards, shard_paths, verify_manifest
+from tbps.shards.writer import ImageRejected, ShardSources, encode_image, write_shard, write_split
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -167,8 +161,8 @@ def test_stale_augmented_captions_are_refused(data, tmp_path):
     captions[0] = "an older caption"
     pq.write_table(aug.set_column(1, "caption", pa.array(captions)), data["augmented"])
     with pytest.raises(UserInputError, match="captions_aug.parquet, record 0: caption_id 0: source caption differs"):
-        write_shard(out / "plan.json", 0, data["annotations"], data["raw"], out / "shard-000000.tar",
-                    augmented=data["augmented"])
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar",
+                    ShardSources(data["annotations"], data["raw"], data["augmented"]))
     assert not (out / "shard-000000.tar").exists()
 
 
@@ -224,7 +218,7 @@ def test_reencode_gives_requested_size(data, tmp_path):
             assert img.format == "JPEG" and img.size == (16, 32) and not img.info.get("exif")
 
 
-def test_encode_image_formats():
+def test_encode_image_stores_other_formats_as_png_and_rejects_undecodable_bytes():
     buf = io.BytesIO()
     _image(0).save(buf, format="BMP")
     ext, data, converted = encode_image(buf.getvalue())
@@ -251,7 +245,7 @@ def test_undecodable_image_is_rejected_and_counted(data, tmp_path):
 
 
 def test_crash_mid_shard_leaves_no_shard_and_no_manifest(data, tmp_path, monkeypatch):
-    real, calls = shards_mod.encode_image, {"n": 0}
+    real, calls = shards_writer.encode_image, {"n": 0}
 
     def crash_on_third(*args, **kwargs):
         calls["n"] += 1
@@ -259,7 +253,7 @@ def test_crash_mid_shard_leaves_no_shard_and_no_manifest(data, tmp_path, monkeyp
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shards_mod, "encode_image", crash_on_third)
+    monkeypatch.setattr(shards_writer, "encode_image", crash_on_third)
     out = tmp_path / "c"
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)
@@ -292,10 +286,17 @@ def test_write_refuses_stale_plan_and_wrong_name(data, tmp_path):
     out = tmp_path / "s"
     write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)
     with pytest.raises(UserInputError, match="named 'shard-000001.tar'"):
-        write_shard(out / "plan.json", 1, data["annotations"], data["raw"], out / "shard-000009.tar")
+        write_shard(out / "plan.json", 1, out / "shard-000009.tar", ShardSources(data["annotations"], data["raw"]))
     pq.write_table(pq.read_table(data["annotations"]).slice(0, 5), data["annotations"])
     with pytest.raises(UserInputError, match="plan was made from a different annotations.parquet"):
-        write_shard(out / "plan.json", 0, data["annotations"], data["raw"], out / "shard-000000.tar")
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar", ShardSources(data["annotations"], data["raw"]))
+
+
+def test_write_split_progress_false_prints_no_bar(data, tmp_path, capsys):
+    write_split(data["annotations"], "train", data["raw"], tmp_path / "quiet", max_samples=4, progress=False)
+    assert "shards train" not in capsys.readouterr().err
+    write_split(data["annotations"], "train", data["raw"], tmp_path / "shown", max_samples=4, progress=True)
+    assert "shards train" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- reader
@@ -317,7 +318,7 @@ def test_reader_never_unpickles(data, tmp_path):
     jpeg = (data["raw"] / "imgs/0002.jpg").read_bytes()
     _plant_pickle_shard(shard, marker, jpeg)
 
-    (sample,) = list(open_shards([str(shard)], shuffle=False, seed=0))
+    (sample,) = list(open_shards([str(shard)]))
     assert not marker.exists()
     assert sample["image"].mode == "RGB" and sample["image"].size == (24, 48)
     assert sample["json"] == {"captions": ["x"]} and sample["txt"] == "x" and "pyd" not in sample
@@ -329,23 +330,13 @@ def test_reader_never_unpickles(data, tmp_path):
     assert marker.exists()
 
 
-def test_reader_order_and_seeded_shuffle(data, tmp_path):
+def test_reader_yields_samples_in_manifest_order(data, tmp_path):
     out = tmp_path / "o"
     m = write_split(data["annotations"], "train", data["raw"], out, max_samples=3, progress=False)
     manifest = out / "manifest.json"
     plan = json.loads((out / "plan.json").read_text())
-    in_order = [s["__key__"] for s in open_shards(manifest, shuffle=False, seed=0)]
+    in_order = [s["__key__"] for s in open_shards(manifest)]
     assert in_order == [f"train-{i:08d}" for sh in plan["shards"] for i in sh["image_indices"]]
-
-    def keys(epoch):
-        return [s["__key__"] for s in open_shards(manifest, shuffle=True, seed=5, epoch=epoch, shuffle_buffer=4)]
-
-    e0, e0_again, e1 = keys(0), keys(0), keys(1)
-    assert e0 == e0_again and sorted(e0) == sorted(in_order)
-    assert e0 != e1 and e0 != in_order
-    pipeline = open_shards(manifest, shuffle=True, seed=5, epoch=0, shuffle_buffer=4)
-    pipeline.set_epoch(1)
-    assert [s["__key__"] for s in pipeline] == e1
     assert shard_paths(manifest) == [str(out / s["name"]) for s in m["shards"]]
 
 
@@ -354,37 +345,24 @@ def test_reader_with_dataloader_workers(data, tmp_path):
 
     out = tmp_path / "w"
     write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)
-    pipeline = open_shards(out / "manifest.json", shuffle=True, seed=0, shuffle_buffer=2).compose(
-        wds.map(lambda s: s["__key__"]))
+    pipeline = open_shards(out / "manifest.json", num_workers=2).compose(wds.map(lambda s: s["__key__"]))
     loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=2)
     keys = list(loader)
     assert sorted(keys) == [f"train-{i:08d}" for i in range(10)]  # each sample exactly once
 
-    with pytest.warns(UserWarning, match="3 shards for 8 readers"):
-        open_shards(out / "manifest.json", shuffle=False, seed=0, num_workers=4, world_size=2)
-
-
-def test_reader_splits_shards_between_processes(data, tmp_path, monkeypatch):
-    out = tmp_path / "n"
-    write_split(data["annotations"], "train", data["raw"], out, max_samples=2, progress=False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    per_rank = []
-    for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        per_rank.append([s["__key__"] for s in open_shards(out / "manifest.json", shuffle=True, seed=0, epoch=3)])
-    assert not set(per_rank[0]) & set(per_rank[1])
-    assert sorted(per_rank[0] + per_rank[1]) == [f"train-{i:08d}" for i in range(10)]
+    with pytest.warns(UserWarning, match="3 shards for 8 DataLoader workers"):
+        open_shards(out / "manifest.json", num_workers=8)
 
 
 def test_reader_rejects_pipe_urls():
     with pytest.raises(ValueError, match="only local shard files"):
-        open_shards(["pipe:touch /tmp/x"], shuffle=False, seed=0)
+        open_shards(["pipe:touch /tmp/x"])
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_three_steps(data, tmp_path, capsys):
+def test_cli_plan_write_manifest_and_a_missing_shard_exits_2(data, tmp_path, capsys):
     out = tmp_path / "cli"
     common = ["--captions", str(data["annotations"]), "--raw", str(data["raw"])]
     assert main(["shards", "plan", *common, "--split", "train", "--out", str(out / "plan.json"),

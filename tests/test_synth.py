@@ -12,13 +12,14 @@ import pytest
 from PIL import Image
 
 from tbps.cli import main
-from tbps.data import synth
-from tbps.data.formats import find_annotation_file, parse_records, read_json
-from tbps.data.synth import generate_dataset, plan_dataset
-from tbps.data.synth_text import COLOURS, HAIR_COLOURS, person_attributes
 from tbps.datasets import info
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file
+from tbps.ingest.formats import find_annotation_file, parse_records, read_json
+from tbps.synth import generate as synth
+from tbps.synth.generate import generate_dataset, plan_dataset
+from tbps.synth.people import person_attributes
+from tbps.synth.vocabulary import COLOURS, HAIR_COLOURS
 
 SIZE = (40, 80)
 SMALL = {"ids": 20, "val_ids": 4, "test_ids": 4, "size": SIZE}
@@ -183,7 +184,7 @@ def test_captions_describe_the_identity(datasets, fmt):
 
 def test_captions_vary():
     """Patterns, synonyms and attribute subsets vary: captions of one image are rarely equal."""
-    from tbps.data.synth_text import CAPTION_STYLES, write_caption
+    from tbps.synth.captions import CAPTION_STYLES, write_caption
 
     person = person_attributes(0, 0)
     rng = np.random.default_rng(0)
@@ -227,7 +228,7 @@ def test_crash_leaves_no_finished_looking_folder(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_bad_arguments(tmp_path):
+def test_bad_arguments_are_user_errors_and_leave_folders_alone(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(UserInputError, match="not empty"):
@@ -244,7 +245,7 @@ def test_refuses_bad_arguments(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli(tmp_path, capsys):
+def test_cli_prints_counts_and_replaces_a_folder_only_with_force(tmp_path, capsys):
     out = tmp_path / "rstp"
     args = ["synth", "--format", "rstpreid", "--out", str(out), "--ids", "3", "--val-ids", "2",
             "--test-ids", "2", "--images-per-id", "2", "--size", "32x64", "--seed", "1"]
@@ -268,7 +269,7 @@ def test_attribute_colours_are_drawn(field, rows):
     """Same photos, only one garment colour changed: the garment region changes colour accordingly."""
     from dataclasses import replace
 
-    from tbps.data.synth_render import render_photo
+    from tbps.synth.render import render_photo
 
     person = replace(person_attributes(0, 1), upper="jacket", lower="trousers", scarf_colour=None, bag=None,
                      bag_colour=None)

@@ -12,6 +12,7 @@ import torch
 
 from tbps import checkpoint
 from tbps.config import load_experiment
+from tbps.model import load_trained_model
 from tbps.train import train
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "config", "experiments")
@@ -38,7 +39,7 @@ def assert_same_weights(a, b, atol=0.0):
             torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
 
 
-def test_full_preset_logs_every_loss_term(synthetic_shards, tmp_path):
+def test_full_preset_logs_every_loss_term_and_loads_for_inference_without_the_head(synthetic_shards, tmp_path):
     cfg = experiment("tiny_tbps_clip", optim={"epochs": 1}, data={"few_shot_fraction": 0.4})
     final = train(cfg, synthetic_shards["train"], tmp_path, val_manifest=synthetic_shards["val"])
     log = pl.read_parquet(tmp_path / "train_log.parquet")
@@ -52,6 +53,9 @@ def test_full_preset_logs_every_loss_term(synthetic_shards, tmp_path):
     assert saved["config"]["loss"]["ss_i_weight"] == 0.4
     assert any(k.startswith("simclr_head.") for k in saved["model"])
     assert (tmp_path / "config.yaml").is_file()
+    trained = load_trained_model(final, torch.device("cpu"))
+    assert trained.model.simclr_head is None and not trained.model.training
+    assert (trained.epochs, trained.seed, trained.config.loss.ss_i_weight) == (1, cfg.train.seed, 0.4)
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tbps.cli.argtypes import positive_int, probability
 
-# Mirrors tbps.data.augment / tbps.data.backtranslate (not imported: keeps --help fast).
+# Mirrors tbps.augment.backends / tbps.augment.backtranslation (not imported: keeps --help fast).
 BACKENDS = ("none", "synonyms", "backtranslation")
 DEFAULT_EN_FR = "Helsinki-NLP/opus-mt-en-fr"
 DEFAULT_FR_EN = "Helsinki-NLP/opus-mt-fr-en"
@@ -62,7 +62,8 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tbps.data.augment import augment_captions, make_backend
+    from tbps.augment.backends import make_backend
+    from tbps.augment.stage import augment_captions
 
     backend = make_backend(
         args.backend, seed=args.seed, synonym_table=args.synonym_table, synonym_p=args.synonym_p,

@@ -27,6 +27,6 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tbps.data.annotations import check_raw
+    from tbps.ingest.annotations import check_raw
 
     return check_raw(args.dataset, args.raw)

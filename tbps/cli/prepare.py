@@ -8,7 +8,7 @@ from pathlib import Path
 from tbps.cli.argtypes import fraction
 from tbps.datasets import DATASET_KEYS
 
-DEFAULT_MAX_REJECT_FRACTION = 0.01  # mirrors tbps.data.annotations (not imported: keeps --help fast)
+DEFAULT_MAX_REJECT_FRACTION = 0.01  # mirrors tbps.ingest.annotations (not imported: keeps --help fast)
 
 
 def register(subparsers) -> None:
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tbps.data.annotations import prepare
+    from tbps.ingest.annotations import prepare
 
     prepare(
         args.dataset,

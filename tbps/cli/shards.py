@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-DEFAULT_MAX_SAMPLES = 64  # mirrors tbps.data.shards.DEFAULT_MAX_SAMPLES (kept here: no heavy import)
+DEFAULT_MAX_SAMPLES = 64  # mirrors tbps.shards.plan.DEFAULT_MAX_SAMPLES (kept here: no heavy import)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from tbps.data.shards import plan_shards
     from tbps.fileio import write_json_atomic
+    from tbps.shards.plan import plan_shards
 
     plan = plan_shards(args.captions, args.split, args.raw, max_samples=args.max_samples,
                        max_bytes=args.max_bytes, seed=args.seed, name_prefix=args.name_prefix)
@@ -64,16 +65,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace) -> int:
-    from tbps.data.shards import parse_image_size, write_shard
+    from tbps.shards.writer import ImageEncoding, ShardSources, parse_image_size, write_shard
 
-    write_shard(args.plan, args.shard_index, args.captions, args.raw, args.out, augmented=args.augmented,
-                image_size=parse_image_size(args.image_size), image_format=args.image_format,
-                jpeg_quality=args.jpeg_quality)
+    sources = ShardSources(Path(args.captions), Path(args.raw), Path(args.augmented) if args.augmented is not None else None)
+    encoding = ImageEncoding(args.image_format, parse_image_size(args.image_size), args.jpeg_quality)
+    write_shard(args.plan, args.shard_index, args.out, sources, encoding=encoding)
     return 0
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from tbps.data.shards import build_manifest
+    from tbps.shards.manifest import build_manifest
 
     build_manifest(args.plan, args.out, shards_dir=args.shards_dir)
     return 0

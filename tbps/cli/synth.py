@@ -23,7 +23,7 @@ def _images_per_id(text: str) -> int | tuple[int, int]:
 
 
 def register(subparsers) -> None:
-    from tbps.data import synth as d  # numpy + PIL only (~0.1 s); keeps the defaults in one place
+    from tbps.synth import generate as d  # numpy + PIL only (~0.1 s); keeps the defaults in one place
 
     parser = subparsers.add_parser(
         "synth",
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tbps.data.synth import generate_dataset
+    from tbps.synth.generate import generate_dataset
 
     counts = generate_dataset(
         args.format,

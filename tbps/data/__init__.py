@@ -1,1 +1,1 @@
-"""Data stages: raw annotations, captions, augmentation and shards."""
+"""What training and evaluation read: the training loader, image transforms, caption cleaning."""

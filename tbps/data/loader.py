@@ -2,29 +2,21 @@
 
 One training sample per (image, caption) pair, uniform random batches that are
 reshuffled every epoch with the last incomplete batch dropped (spec §7). The
-shards are indexed once (tar headers and the small JSON members only), then
-read by random access, so:
+shards are indexed once (:class:`tbps.shards.index.ShardIndex`), then read by
+random access, so:
 
 - a global batch is the same set of pairs for 1 process x B or P processes x B/P
   (rank r takes slice r of every global batch), which makes GlobalGrad testable;
 - resuming at step k skips k batches without decoding anything;
 - every augmentation draw comes from a generator seeded by (seed, epoch, pair),
   so results don't depend on the number of workers or processes.
-
-Only image (jpg/png) and JSON members are ever decoded; any other member type is
-counted and ignored (never unpickled).
 """
 
 from __future__ import annotations
 
 import io
-import json
-import logging
 import os
-import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,64 +24,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from tbps.data.captions import clean_caption, random_word_deletion
-from tbps.data.shard_reader import ALLOWED_MEMBERS, IMAGE_KEYS
-from tbps.data.shard_reader import shard_paths as manifest_shard_paths
 from tbps.errors import UserInputError
-
-log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class IndexedSample:
-    shard: int
-    image_offset: int
-    image_size: int
-    meta: dict
-
-
-@dataclass
-class ShardIndex:
-    """Where every sample's image lies in which shard, with its decoded JSON metadata."""
-
-    shard_paths: list[Path]
-    samples: list[IndexedSample]
-    ignored_members: int
-
-    @classmethod
-    def from_manifest(cls, manifest_path: str | os.PathLike) -> ShardIndex:
-        shard_paths = [Path(p) for p in manifest_shard_paths(manifest_path)]
-        samples: list[IndexedSample] = []
-        ignored = 0
-        for shard_id, path in enumerate(shard_paths):
-            by_key: dict[str, dict] = {}
-            try:
-                with tarfile.open(path, "r:") as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        key, _, ext = member.name.partition(".")
-                        ext = ext.lower()
-                        if ext in IMAGE_KEYS:
-                            by_key.setdefault(key, {})["image"] = (member.offset_data, member.size)
-                        elif ext == "json":
-                            by_key.setdefault(key, {})["json"] = json.loads(tar.extractfile(member).read())
-                        elif ext not in ALLOWED_MEMBERS:
-                            ignored += 1
-            except (OSError, tarfile.TarError, json.JSONDecodeError) as e:
-                raise UserInputError(
-                    f"{path}: unreadable shard ({e}). Fix: delete it and rerun the workflow, "
-                    "which rewrites exactly that shard"
-                ) from e
-            for key, entry in by_key.items():
-                if "image" not in entry or "json" not in entry:
-                    raise UserInputError(
-                        f"{path}, sample {key}: missing its image or json member. "
-                        "Fix: delete the shard and rerun the workflow"
-                    )
-                offset, size = entry["image"]
-                samples.append(IndexedSample(shard_id, offset, size, entry["json"]))
-        if ignored:
-            log.warning("ignored %d shard members of unknown type (never decoded)", ignored)
-        return cls(shard_paths, samples, ignored)
+from tbps.shards.index import IndexedSample, ShardIndex
 
 
 def pair_table(index: ShardIndex, few_shot_fraction: float = 1.0, seed: int = 0) -> np.ndarray:

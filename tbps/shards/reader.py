@@ -1,4 +1,4 @@
-"""Safe, seeded reading of the WebDataset shards (training and evaluation share it).
+"""Safe reading of the WebDataset shards in manifest order (evaluation, search, benchmarks).
 
 Safety: webdataset's default decoders end in ``basichandlers``, which run
 ``pickle.loads`` on ``.pyd``/``.pkl`` members and ``torch.load`` on ``.pth`` ones, so
@@ -8,10 +8,10 @@ handlers (PIL RGB for images, UTF-8/JSON for text) with webdataset's default pre
 handlers removed. Shard locations come from the manifest as plain file names resolved
 in its folder, so a manifest cannot smuggle in ``pipe:`` (shell) URLs.
 
-Order: with ``shuffle=False`` samples come in manifest order (shard by shard, sample by
-sample; with several DataLoader workers the loader interleaves the workers' shards).
-With ``shuffle=True`` the shard order is a permutation seeded by (seed, epoch), the same
-in every process, and samples pass a shuffle buffer seeded by (seed, epoch, rank, worker).
+Order: samples come in manifest order, shard by shard and sample by sample; with several
+DataLoader workers each worker reads every N-th shard and the loader interleaves them.
+Training does not stream the shards: it reads them by random access through
+:class:`tbps.shards.index.ShardIndex`.
 """
 
 from __future__ import annotations
@@ -20,26 +20,21 @@ import io
 import json
 import logging
 import os
-import random
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 
 from tbps.errors import input_error
 from tbps.fileio import read_json_checked, sha256_file
+from tbps.shards.layout import ALLOWED_MEMBERS, IMAGE_KEYS
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("jpg", "png")
-ALLOWED_MEMBERS = frozenset((*IMAGE_KEYS, "json", "txt"))
-DEFAULT_SHUFFLE_BUFFER = 2000
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -122,123 +117,58 @@ def _to_sample(sample: dict[str, Any]) -> dict[str, Any]:
             "json": sample["json"], "txt": sample.get("txt", "")}
 
 
-# ----------------------------------------------------------------------------- ordering
-
-@dataclass
-class _EpochState:
-    """Shared by the pipeline's stages, so ``set_epoch`` reaches them (and forked workers)."""
-
-    seed: int
-    epoch: int
-
-
-def _ordered(urls: Sequence[str], state: _EpochState, shuffle: bool) -> list[str]:
-    if not shuffle:
-        return list(urls)
-    # Identical in every process and worker: the seed does not involve rank or worker.
-    perm = np.random.default_rng([state.seed, state.epoch]).permutation(len(urls))
-    return [urls[i] for i in perm]
-
+# ----------------------------------------------------------------------------- streaming
 
 class _ShardList(IterableDataset):
-    """Yields ``dict(url=...)`` for this rank's and this worker's shards of the epoch.
+    """Yields ``dict(url=...)`` for this DataLoader worker's shards: every ``num_workers``-th one.
 
-    Same slicing as ``wds.split_by_node``/``wds.split_by_worker``, but AFTER a global
-    per-epoch permutation: ``wds.WebDataset`` splits first and shuffles each reader's
-    share, so a worker would see the same shards in every epoch.
+    Evaluation needs every sample once in each process, so shards are split between the
+    DataLoader workers of a process only, never between processes.
     """
 
-    def __init__(self, urls: Sequence[str], state: _EpochState, shuffle: bool, by_node: bool, by_worker: bool):
+    def __init__(self, urls: Sequence[str]):
         super().__init__()
-        self.urls, self.state, self.shuffle = list(urls), state, shuffle
-        self.by_node, self.by_worker = by_node, by_worker
+        self.urls = list(urls)
 
     def __iter__(self) -> Iterator[dict[str, str]]:
-        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        urls = _ordered(self.urls, self.state, self.shuffle)
-        if self.by_node and world_size > 1:
-            urls = urls[rank::world_size]
-        if self.by_worker and num_workers > 1:
-            urls = urls[worker::num_workers]
+        _, _, worker, num_workers = wds.utils.pytorch_worker_info()
+        urls = self.urls[worker::num_workers] if num_workers > 1 else self.urls
         if not urls:
             warnings.warn(
-                f"rank {rank} worker {worker}: no shard to read ({len(self.urls)} shards for {world_size} "
-                f"process(es) x {num_workers} worker(s)); write smaller shards or use fewer workers",
+                f"worker {worker}: no shard to read ({len(self.urls)} shards for {num_workers} workers); "
+                "write smaller shards or use fewer workers",
                 stacklevel=2,
             )
         for url in urls:
             yield {"url": url}
 
 
-class _SeededShuffle:
-    """Sample shuffle buffer whose RNG is made per (seed, epoch, rank, worker) at iteration time."""
-
-    def __init__(self, bufsize: int, state: _EpochState):
-        self.bufsize, self.state = bufsize, state
-
-    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        word = np.random.SeedSequence([self.state.seed, self.state.epoch, rank, worker]).generate_state(1)[0]
-        rng = random.Random(int(word))
-        # initial=bufsize: fill the buffer before the first sample, for an even mix from the start.
-        return wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(src)
-
-
-class ShardPipeline(wds.DataPipeline):
-    """A webdataset pipeline with ``set_epoch`` (re-seeds the shard and sample order)."""
-
-    def __init__(self, *stages: Any, state: _EpochState, num_samples: int | None):
-        super().__init__(*stages)
-        self.state = state
-        self.num_samples = num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        """Takes effect at the next ``iter()``; with persistent DataLoader workers build a new pipeline."""
-        self.state.epoch = epoch
-
-
-def open_shards(
-    source: str | os.PathLike | Sequence[str],
-    *,
-    shuffle: bool,
-    seed: int,
-    epoch: int = 0,
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-    split_by_node: bool = True,
-    split_by_worker: bool = True,
-    num_workers: int | None = None,
-    world_size: int = 1,
-) -> ShardPipeline:
+def open_shards(source: str | os.PathLike | Sequence[str], *, num_workers: int | None = None) -> wds.DataPipeline:
     """A pipeline of decoded samples ``{"__key__", "__url__", "image": PIL RGB, "json": dict, "txt": str}``.
 
     ``source``: a ``manifest.json`` path or a list of local shard paths. ``num_workers``
-    / ``world_size`` (optional) only serve an early warning when there are fewer shards
-    than readers (some readers would get none). Add per-sample work with
+    (optional) only serves an early warning when there are fewer shards than DataLoader
+    workers (some would get none). Add per-sample work with
     ``pipeline.compose(wds.map(fn), wds.batched(n))``.
     """
     if isinstance(source, (str, os.PathLike)):
-        manifest = load_manifest(source)
-        urls, num_samples = shard_paths(source), int(manifest["num_samples"])
+        urls = shard_paths(source)
     else:
-        urls, num_samples = [str(u) for u in source], None
+        urls = [str(u) for u in source]
         for url in urls:
             if url.startswith("pipe:") or "://" in url:
                 raise ValueError(f"{url}: only local shard files are read (no URL schemes such as pipe:)")
     if not urls:
         raise ValueError("no shards to read")
-    readers = (num_workers or 1) * world_size
+    readers = num_workers or 1
     if readers > len(urls):
-        msg = (f"{len(urls)} shards for {readers} readers ({world_size} process(es) x {num_workers or 1} "
-               "worker(s)): some readers get no shard; write smaller shards or use fewer workers")
+        msg = (f"{len(urls)} shards for {readers} DataLoader workers: some workers get no shard; "
+               "write smaller shards or use fewer workers")
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
-    state = _EpochState(seed=seed, epoch=epoch)
-    stages: list[Any] = [
-        _ShardList(urls, state, shuffle, split_by_node, split_by_worker),
+    return wds.DataPipeline(
+        _ShardList(urls),
         wds.tarfile_to_samples(select_files=is_allowed_member),
-    ]
-    if shuffle and shuffle_buffer > 1:
-        # Shuffle the raw bytes (before decoding): the buffer then holds compressed images.
-        stages.append(_SeededShuffle(shuffle_buffer, state))
-    stages += [wds.map(SAFE_DECODER), wds.map(_to_sample)]
-    return ShardPipeline(*stages, state=state, num_samples=num_samples)
+        wds.map(SAFE_DECODER),
+        wds.map(_to_sample),
+    )

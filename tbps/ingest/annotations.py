@@ -1,6 +1,6 @@
 """Raw dataset folder -> normalised caption table (``tbps prepare``), and the download check (``tbps check-raw``).
 
-Structural problems in the annotation file are fatal (:mod:`tbps.data.formats`).
+Structural problems in the annotation file are fatal (:mod:`tbps.ingest.formats`).
 Problems with the data it points to are counted skips: a missing or unreadable
 image rejects its record, an empty caption is dropped, and an image left with
 no caption is rejected. Every skip is a row of the rejects table, and the
@@ -21,7 +21,10 @@ from typing import NamedTuple
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from tbps.data.formats import (
+from tbps.datasets import DatasetInfo
+from tbps.errors import UserInputError, input_error
+from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
+from tbps.ingest.formats import (
     IMAGES_DIR,
     ImageRecord,
     find_annotation_file,
@@ -29,9 +32,6 @@ from tbps.data.formats import (
     read_json,
     where_to_get,
 )
-from tbps.datasets import DatasetInfo
-from tbps.errors import UserInputError, input_error
-from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
 from tbps.progress import progress
 
 log = logging.getLogger(__name__)

@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tbps.data.synth_render import render_photo
-from tbps.data.synth_text import CAPTION_STYLES, person_attributes, processed_tokens, write_caption
 from tbps.datasets import FORMATS, info
 from tbps.errors import UserInputError
 from tbps.fileio import write_text_atomic
 from tbps.progress import progress
+from tbps.synth.captions import CAPTION_STYLES, processed_tokens, write_caption
+from tbps.synth.people import person_attributes
+from tbps.synth.render import render_photo
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from tbps.cli import main
-from tbps.data import annotations as ann
 from tbps.datasets import REAL_DATASETS
 from tbps.errors import UserInputError
+from tbps.ingest import annotations as ann
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotations"
 ANNOTATION_FILE = {
@@ -126,7 +126,7 @@ def test_rstpreid_img_path_and_captions_verbatim(tmp_path):
 
 def test_published_statistics_mismatch_is_warned(tmp_path, caplog):
     raw = make_raw(tmp_path, "cuhk-pedes")
-    with caplog.at_level("INFO", logger="tbps.data.annotations"):
+    with caplog.at_level("INFO", logger="tbps.ingest.annotations"):
         summary = run("cuhk-pedes", raw, outputs(tmp_path))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     expected = "train: 3 ids / 4 images / 9 captions, published 11003 / 34054 / 68126"
@@ -482,7 +482,7 @@ def test_invalid_processed_tokens_are_ignored(tmp_path):
     run("cuhk-pedes", raw, outputs(tmp_path))
 
 
-def test_bad_max_reject_fraction(tmp_path):
+def test_max_reject_fraction_outside_0_1_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="between 0 and 1"):
         run("cuhk-pedes", make_raw(tmp_path, "cuhk-pedes"), outputs(tmp_path), max_reject_fraction=1.5)
 
@@ -594,7 +594,7 @@ def test_check_raw_bad_json_exits_2(tmp_path, capsys):
 
 
 def test_unreadable_annotation_path_names_the_file(tmp_path):
-    from tbps.data.formats import read_json
+    from tbps.ingest.formats import read_json
 
     folder = tmp_path / "reid_raw.json"
     folder.mkdir()  # reading a folder fails even for root, unlike a chmod 0 file
@@ -610,6 +610,6 @@ def test_synthetic_folder_without_annotation_file(tmp_path):
     assert "no annotation file found" in msg and "data_captions.json" in msg and "tbps synth" in msg
 
 
-def test_unknown_dataset_key(tmp_path):
+def test_unknown_dataset_key_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="unknown dataset 'market'"):
         run("market", tmp_path, outputs(tmp_path))

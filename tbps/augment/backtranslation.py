@@ -24,9 +24,13 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tbps.data.captions import fix_sentence_spacing
 from tbps.errors import UserInputError, input_error
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +42,6 @@ DEFAULT_MAX_NEW_TOKENS = 256
 """Room for the longest captions (~100 words ~ 150 French tokens); also stops a looping output."""
 ALGORITHM_VERSION = 1
 """Bump when a change to this module changes outputs (it is part of the cache key)."""
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {device}: no CUDA GPU is visible. Fix: use --device auto or cpu")
-    return device
 
 
 def model_fingerprint(name_or_dir: str) -> str:
@@ -71,7 +64,7 @@ def model_fingerprint(name_or_dir: str) -> str:
 class _Translator:
     """One MarianMT direction: tokenizer + model on a device."""
 
-    def __init__(self, name_or_dir: str, device: str):
+    def __init__(self, name_or_dir: str, device: torch.device):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         try:
@@ -126,6 +119,8 @@ class BackTranslationBackend:
     def _load(self) -> tuple[_Translator, _Translator]:
         # Loaded on first use: a fully cached rerun never touches the models.
         if self._models is None:
+            from tbps.device import resolve_device
+
             device = resolve_device(self.device)
             log.info("loading %s and %s on %s", self.model_en_fr, self.model_fr_en, device)
             self._models = (_Translator(self.model_en_fr, device), _Translator(self.model_fr_en, device))

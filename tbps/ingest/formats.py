@@ -5,7 +5,7 @@ mistyped field or a broken id convention means the file is not the release it
 claims to be, and guessing would silently change the dataset. All problems
 (up to :data:`MAX_REPORTED`) are reported in one error so the file can be
 fixed in one pass. Problems with what the file points to (missing images,
-empty captions) are counted skips, handled in :mod:`tbps.data.annotations`.
+empty captions) are counted skips, handled in :mod:`tbps.ingest.annotations`.
 """
 
 from __future__ import annotations

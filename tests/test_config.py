@@ -1,0 +1,80 @@
+"""Typed experiment configuration: dotted overrides, type checks, unknown keys, inheritance, hashes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tbps.config import ExperimentConfig, apply_overrides, config_from_dict, load_experiment, parse_dotted
+from tbps.errors import UserInputError
+
+
+def test_parse_dotted_nests_keys_and_reads_values_as_yaml():
+    assert parse_dotted(["optim.lr=1e-3", "train.max_steps=10", "model.image_size=[384, 128]",
+                         "train.max_steps=null", "model.name=a=b"]) == {
+        "optim": {"lr": "1e-3"},  # YAML 1.1 reads 1e-3 (no dot) as text; apply_overrides makes it a float
+        "train": {"max_steps": None},  # the last of repeated keys wins
+        "model": {"image_size": [384, 128], "name": "a=b"},  # only the first "=" separates
+    }
+
+
+def test_parse_dotted_without_a_value_says_how():
+    with pytest.raises(UserInputError, match="expected KEY=VALUE, e.g. optim.lr=1e-3"):
+        parse_dotted(["optim.lr"])
+
+
+def test_overrides_change_only_their_keys_with_types_coerced():
+    cfg = ExperimentConfig()
+    out = apply_overrides(cfg, parse_dotted(["optim.lr=1e-3", "model.image_size=[384, 128]", "train.max_steps=5"]))
+    assert out is cfg
+    assert cfg.optim.lr == 0.001 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.image_size == (384, 128)
+    assert cfg.train.max_steps == 5
+    assert cfg.optim.epochs == ExperimentConfig().optim.epochs  # untouched siblings keep their defaults
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"optim": {"learning_rate": 1.0}}, r"overrides\.optim: unknown key\(s\) \['learning_rate'\]. Fix: use one of \["),
+    ({"optimiser": {"lr": 1.0}}, r"overrides: unknown key\(s\) \['optimiser'\]"),
+    ({"data": {"batch_size": "big"}}, r"overrides\.data\.batch_size: expected an integer, got 'big'"),
+    ({"data": {"batch_size": True}}, r"overrides\.data\.batch_size: expected an integer"),
+    ({"data": {"batch_size": None}}, r"overrides\.data\.batch_size: expected an integer, got None"),
+    ({"loss": {"mvs_i": "yes"}}, r"overrides\.loss\.mvs_i: expected true/false"),
+    ({"model": {"image_size": [224]}}, r"overrides\.model\.image_size: expected a list of 2 values"),
+    ({"optim": 3}, r"overrides\.optim: expected a mapping"),
+])
+def test_bad_overrides_name_the_key_and_the_problem(overrides, message):
+    with pytest.raises(UserInputError, match=message):
+        apply_overrides(ExperimentConfig(), overrides)
+
+
+def test_optional_values_accept_null():
+    cfg = apply_overrides(ExperimentConfig(), {"train": {"max_steps": 3}})
+    assert apply_overrides(cfg, {"train": {"max_steps": None}}).train.max_steps is None
+
+
+def test_experiment_files_inherit_and_unknown_keys_name_the_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"optim": {"epochs": 2, "lr": 0.5}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"inherit": "base", "optim": {"lr": 0.25}}))
+    cfg = load_experiment(tmp_path / "child.yaml", {"data": {"batch_size": 8}})
+    assert (cfg.name, cfg.optim.epochs, cfg.optim.lr, cfg.data.batch_size) == ("child", 2, 0.25, 8)
+
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"inherit": "base", "data": {"batch": 8}}))
+    with pytest.raises(UserInputError, match=r"typo\.yaml\.data: unknown key\(s\) \['batch'\]"):
+        load_experiment(tmp_path / "typo.yaml")
+
+
+def test_saved_config_round_trips_and_hashes_ignore_names_and_resumable_keys():
+    cfg = apply_overrides(ExperimentConfig(), {"optim": {"lr": 0.002}, "loss": {"ss_i_weight": 0.0}})
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and again.sha256() == cfg.sha256()
+
+    renamed = config_from_dict({**cfg.to_dict(), "name": "other", "description": "same science"})
+    assert renamed.sha256() == cfg.sha256()
+    shorter = apply_overrides(config_from_dict(cfg.to_dict()), {"train": {"max_steps": 10}})
+    assert shorter.sha256() != cfg.sha256() and shorter.resume_sha256() == cfg.resume_sha256()
+    faster = apply_overrides(config_from_dict(cfg.to_dict()), {"optim": {"lr": 0.001}})
+    assert faster.resume_sha256() != cfg.resume_sha256()
+
+    with pytest.raises(UserInputError, match=r"saved config\.data: unknown key\(s\) \['shuffle_buffer'\]"):
+        config_from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "shuffle_buffer": 2000}})
