@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,23 +24,70 @@ import yaml
 from tbps.errors import UserInputError
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """What a setting accepts beyond its type: a closed range and/or a list of choices.
+
+    Declared next to the field (``field(default=..., metadata=allowed(...))``) so that every
+    place that builds a config (experiment files, ``--set``, saved configs, the study) rejects
+    the same values with the same message. ``None`` values of optional fields are not checked.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        bounds = []
+        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)):
+            if bound is not None:
+                bounds.append(f"{op} {bound:g}")
+        return " and ".join(bounds)
+
+    def accepts(self, value) -> bool:
+        if self.choices is not None and value not in self.choices:
+            return False
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+
+def allowed(**limits) -> dict:
+    """Field metadata declaring a setting's range or choices (see :class:`Allowed`)."""
+    return {"allowed": Allowed(**{k: tuple(v) if k == "choices" else v for k, v in limits.items()})}
+
+
+def _ranged(default, **limits):
+    return field(default=default, metadata=allowed(**limits))
+
+
+PROBABILITY = {"ge": 0.0, "le": 1.0}
+
+
 @dataclass
 class ModelConfig:
     name: str = "ViT-B-16"
     """open_clip model name; ``TBPS-*`` names are the small CPU models registered by tbps."""
     pretrained: str | None = "openai"
     """open_clip pretrained tag (uses its cache), a local checkpoint file, or null for random init."""
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[int, int] = _ranged((224, 224), ge=1)
     """Input (height, width). 224x224 is the official recipe; 384x128 interpolates position embeddings."""
-    text_attn_dropout: float = 0.05
+    text_attn_dropout: float = _ranged(0.05, **PROBABILITY)
     """Dropout on post-softmax attention probabilities in every text layer (none in the image tower)."""
     freeze_patch_embed: bool = True
     """Do not train the patch-embedding convolution (the 'LockBL' trick)."""
-    logit_scale_max: float = 100.0
+    logit_scale_max: float = _ranged(100.0, gt=0.0)
     """The logit scale is used as min(exp(theta), this); theta itself is never clipped."""
-    logit_scale_init: float | None = None
+    logit_scale_init: float | None = _ranged(None, gt=0.0)
     """Initial logit scale s (theta = ln s) for random-init models; null keeps the checkpoint's value."""
-    simclr_head_dim: int = 128
+    simclr_head_dim: int = _ranged(128, ge=1)
     """Hidden width of the SimCLR head (512->128->512 in the recipe); built only when SS-I is on."""
 
 
@@ -47,25 +95,25 @@ class ModelConfig:
 class LossConfig:
     identity_targets: bool = True
     """Identity-aware targets (every same-person pair is a positive); false = plain CLIP one-hot targets."""
-    soft_label_alpha: float = 0.5
+    soft_label_alpha: float = _ranged(0.5, **PROBABILITY)
     """Weight of the model's own (no-grad pass) distribution in the N-ITC targets; 0 disables soft labels."""
-    soft_label_ramp_epochs: int = 1
+    soft_label_ramp_epochs: int = _ranged(1, ge=0)
     """alpha ramps linearly per iteration from 0 over this many epochs (official behaviour)."""
     mvs_i: bool = True
     """Multi-view image supervision: N-ITC on a second augmented view."""
-    mvs_mode: str = "average"
+    mvs_mode: str = _ranged("average", choices=("average", "add"))
     """'average' = 1/2[N-ITC(V,T)+N-ITC(V~,T)] (official) or 'add' = N-ITC(V,T)+N-ITC(V~,T) (paper)."""
-    r_itc_weight: float = 1.0
+    r_itc_weight: float = _ranged(1.0, ge=0.0)
     """Weight of the reversed-KL R-ITC term; 0 disables it."""
-    r_itc_eps: float = 1e-2
+    r_itc_eps: float = _ranged(1e-2, gt=0.0)
     """Smoothing added to the hard targets inside log() in R-ITC."""
-    c_itc_weight: float = 0.1
+    c_itc_weight: float = _ranged(0.1, ge=0.0)
     """Overall weight of C-ITC; 0 disables it."""
-    c_itc_term_weight: float = 0.25
+    c_itc_term_weight: float = _ranged(0.25, ge=0.0)
     """Weight of each of the two C-ITC terms (C^I and C^C) inside c_itc_weight."""
-    ss_i_weight: float = 0.4
+    ss_i_weight: float = _ranged(0.4, ge=0.0)
     """Weight of the SimCLR image self-supervision loss SS-I; 0 disables it (and the head)."""
-    ss_i_temperature: float = 0.1
+    ss_i_temperature: float = _ranged(0.1, gt=0.0)
     """NT-Xent temperature of SS-I."""
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
@@ -78,60 +126,61 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    batch_size: int = 320
+    batch_size: int = _ranged(320, ge=1)
     """Global batch (all processes together). The recipe needs 320: negatives are per step."""
-    num_workers: int = 4
+    num_workers: int = _ranged(4, ge=0)
     """Loader worker processes per training process."""
-    normalisation: str = "imagenet"
+    normalisation: str = _ranged("imagenet", choices=("imagenet", "clip"))
     """'imagenet' (official implementation) or 'clip' (CLIP pre-training statistics)."""
     image_pool: bool = True
     """Apply the augmentation pool (2 of 6 ops, with replacement) to training images."""
-    backtranslation_prob: float = 0.1
+    backtranslation_prob: float = _ranged(0.1, **PROBABILITY)
     """Probability of replacing a training caption by its back-translation."""
-    word_deletion_prob: float = 0.05
+    word_deletion_prob: float = _ranged(0.05, **PROBABILITY)
     """Per-word Bernoulli deletion probability for training captions."""
-    max_words: int = 77
+    max_words: int = _ranged(77, ge=1)
     """Captions are cut to this many words after cleaning."""
-    few_shot_fraction: float = 1.0
+    few_shot_fraction: float = _ranged(1.0, gt=0.0, le=1.0)
     """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 5
-    lr: float = 1e-4
+    epochs: int = _ranged(5, ge=1)
+    lr: float = _ranged(1e-4, gt=0.0, le=1.0)
     """Peak learning rate (every parameter, the SimCLR head included)."""
-    warmup_start_lr: float = 1e-6
-    warmup_epochs: float = 1.0
-    min_lr: float = 5e-6
+    warmup_start_lr: float = _ranged(1e-6, ge=0.0, le=1.0)
+    warmup_epochs: float = _ranged(1.0, ge=0.0)
+    min_lr: float = _ranged(5e-6, ge=0.0, le=1.0)
     """Cosine decay ends here."""
-    weight_decay: float = 0.02
+    weight_decay: float = _ranged(0.02, ge=0.0, le=1.0)
     """Decoupled weight decay; 0 for biases, norms and parameters with fewer than 2 dims."""
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    betas: tuple[float, float] = _ranged((0.9, 0.98), ge=0.0, lt=1.0)
+    """Adam's (beta1, beta2); each in [0, 1)."""
+    eps: float = _ranged(1e-8, gt=0.0, le=1.0)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 1
+    seed: int = _ranged(1, ge=0)
     """The same seed on every process (1 = full preset, 0 = simplified, as in the official code)."""
-    precision: str = "auto"
+    precision: str = _ranged("auto", choices=("auto", "fp32", "bf16", "fp16"))
     """'auto' = bf16 autocast on CUDA, fp32 on CPU; or 'fp32', 'bf16', 'fp16'."""
-    grad_cache_chunk: int = 0
+    grad_cache_chunk: int = _ranged(0, ge=0)
     """Per-process chunk size for exact big batches by gradient caching; 0 = no chunking."""
-    checkpoint_every_steps: int = 200
+    checkpoint_every_steps: int = _ranged(200, ge=1)
     """Write a resumable checkpoint every N optimiser steps (and at each epoch end)."""
-    max_steps: int | None = None
+    max_steps: int | None = _ranged(None, ge=1)
     """Stop after this many steps (smoke runs); null = all epochs."""
     eval_every_epoch: bool = True
     """Evaluate on the validation split (when the dataset has one) after every epoch."""
-    log_every_steps: int = 10
+    log_every_steps: int = _ranged(10, ge=1)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 256
-    query_chunk: int = 1024
+    batch_size: int = _ranged(256, ge=1)
+    query_chunk: int = _ranged(1024, ge=1)
     """Queries ranked per chunk: bounds memory at chunk x gallery."""
 
 
@@ -208,6 +257,8 @@ def _coerce(value, annotation, where: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserInputError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserInputError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -237,13 +288,39 @@ def _build(cls, values: dict, where: str, base=None):
             f"{where}: unknown key(s) {unknown}. Fix: use one of {sorted(known)}"
         )
     obj = base if base is not None else cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             setattr(obj, key, _build(type(current), value, f"{where}.{key}", base=current))
         else:
-            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
+            coerced = _coerce(value, hints[key], f"{where}.{key}")
+            _check_allowed(coerced, fields[key].metadata.get("allowed"), f"{where}.{key}")
+            setattr(obj, key, coerced)
     return obj
+
+
+def _check_allowed(value, rule: Allowed | None, where: str) -> None:
+    if rule is None or value is None:
+        return
+    items = value if isinstance(value, (tuple, list)) and rule.choices is None else (value,)
+    for item in items:
+        if not rule.accepts(item):
+            raise UserInputError(f"{where}: {value!r} is not allowed. Fix: use a value {rule.describe()}")
+
+
+def check_allowed(cfg) -> None:
+    """Check every field of a (nested) config dataclass against its declared range or choices.
+
+    Building a config through :func:`apply_overrides` already checks each value it sets; this
+    also covers values set directly in code (e.g. tests or programmatic studies).
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_allowed(value)
+        else:
+            _check_allowed(value, f.metadata.get("allowed"), f"{type(cfg).__name__}.{f.name}")
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: dict, where: str = "overrides") -> ExperimentConfig:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
-from tbps.config import ExperimentConfig, apply_overrides, config_from_dict, load_experiment, parse_dotted
+from tbps.config import (
+    ExperimentConfig,
+    apply_overrides,
+    check_allowed,
+    config_from_dict,
+    load_experiment,
+    parse_dotted,
+)
 from tbps.errors import UserInputError
 
 
@@ -78,3 +87,59 @@ def test_saved_config_round_trips_and_hashes_ignore_names_and_resumable_keys():
 
     with pytest.raises(UserInputError, match=r"saved config\.data: unknown key\(s\) \['shuffle_buffer'\]"):
         config_from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "shuffle_buffer": 2000}})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"optim": {"epochs": 0}}, "optim.epochs: 0 is not allowed. Fix: use a value >= 1"),
+        ({"optim": {"epochs": -3}}, "optim.epochs"),
+        ({"optim": {"lr": -1e-4}}, "optim.lr"),
+        ({"optim": {"lr": 1e12}}, "<= 1"),
+        ({"optim": {"lr": float("nan")}}, "finite"),
+        ({"optim": {"lr": float("inf")}}, "finite"),
+        ({"optim": {"betas": [0.9, 1.0]}}, "optim.betas"),
+        ({"data": {"batch_size": 0}}, "data.batch_size"),
+        ({"data": {"num_workers": -1}}, "data.num_workers"),
+        ({"data": {"max_words": 0}}, "data.max_words"),
+        ({"data": {"word_deletion_prob": 1.5}}, "data.word_deletion_prob"),
+        ({"data": {"backtranslation_prob": -0.1}}, "data.backtranslation_prob"),
+        ({"data": {"few_shot_fraction": 0.0}}, "data.few_shot_fraction"),
+        ({"data": {"normalisation": "cifar"}}, "one of 'imagenet', 'clip'"),
+        ({"loss": {"mvs_mode": "sum"}}, "loss.mvs_mode"),
+        ({"loss": {"soft_label_alpha": 2.0}}, "loss.soft_label_alpha"),
+        ({"model": {"image_size": [224, 0]}}, "model.image_size"),
+        ({"model": {"text_attn_dropout": 1.2}}, "model.text_attn_dropout"),
+        ({"train": {"precision": "fp8"}}, "one of 'auto', 'fp32', 'bf16', 'fp16'"),
+        ({"train": {"checkpoint_every_steps": 0}}, "train.checkpoint_every_steps"),
+        ({"train": {"log_every_steps": 0}}, "train.log_every_steps"),
+        ({"train": {"max_steps": 0}}, "train.max_steps"),
+    ],
+)
+def test_out_of_range_settings_are_refused_where_the_config_is_built(override, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        apply_overrides(ExperimentConfig(), override)
+
+
+def test_every_default_is_within_its_declared_range():
+    check_allowed(ExperimentConfig())
+
+
+def test_saved_config_with_out_of_range_value_is_refused():
+    saved = ExperimentConfig().to_dict()
+    saved["optim"]["epochs"] = 0
+    with pytest.raises(UserInputError, match=r"saved config\.optim\.epochs"):
+        config_from_dict(saved)
+
+
+def test_check_allowed_catches_values_set_in_code():
+    cfg = ExperimentConfig()
+    cfg.data.batch_size = 0
+    with pytest.raises(UserInputError, match="DataConfig.batch_size"):
+        check_allowed(cfg)
+
+
+def test_optional_setting_accepts_null_and_checks_values():
+    cfg = apply_overrides(ExperimentConfig(), {"train": {"max_steps": None}})
+    assert cfg.train.max_steps is None
+    assert apply_overrides(cfg, {"train": {"max_steps": 3}}).train.max_steps == 3
