@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from tbps import __version__, checkpoint, losses
+from tbps import checkpoint, losses, provenance
 from tbps.config import ExperimentConfig
 from tbps.data.loader import EpochBatchSampler, ShardIndex, TrainPairs, pair_table
 from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
@@ -234,7 +234,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epoch, "next_batch": next_batch, "global_step": global_step,
             "rng": checkpoint.rng_state(dev), "config": cfg.to_dict(), "resume_sha256": cfg.resume_sha256(),
-            "log_rows": log_rows, "val_rows": val_rows,
+            "log_rows": log_rows, "val_rows": val_rows, "environment": provenance.environment(),
         })
         write_parquet_atomic(pl.DataFrame(log_rows), paths.log) if log_rows else None
 
@@ -301,7 +301,8 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         checkpoint.save(paths.final, {
             "model": model.state_dict(), "config": cfg.to_dict(), "config_sha256": cfg.sha256(),
             "epochs": epochs_done, "global_step": global_step, "seed": cfg.train.seed,
-            "stopped_by_max_steps": stopped_early, "code_version": __version__,
+            "stopped_by_max_steps": stopped_early, "code_version": provenance.code_version(),
+            "environment": provenance.environment(),
             "train_manifest_sha256": sha256_file(train_manifest),
         })
         log.info("wrote %s (epoch %d, step %d)", paths.final, epochs_done, global_step)

@@ -150,7 +150,7 @@ def test_setup_env_installs_exactly_the_lock_then_the_package_without_dependenci
     pip = ".venv/bin/python -m pip --disable-pip-version-check"
     assert f"{pip} install --quiet --require-hashes -r {LOCK.relative_to(ROOT)}" in commands
     assert f"{pip} install --quiet --no-deps --no-build-isolation -e ." in commands
-    assert commands[-2:] == [f"{pip} check", ".venv/bin/python -m tbps --version"]
+    assert commands[-2:] == [f"{pip} check", ".venv/bin/python -m tbps env"]
     assert not [c for c in commands if "download.pytorch.org" in c or " uv " in c]
 
 
