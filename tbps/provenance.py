@@ -86,8 +86,9 @@ def _canonical(name: str) -> str:
 
 
 def lock_pins(text: str) -> dict[str, str]:
-    """``{canonical name: version}`` of a lock file written by scripts/lock (``name==version`` lines)."""
-    return {_canonical(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", text, re.M)}
+    """``{canonical name: version}`` of a lock file written by scripts/lock (``name[extras]==version`` lines)."""
+    pins = re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", text, re.M)
+    return {_canonical(m[1]): m[2] for m in pins}
 
 
 def lock_drift(pins: dict[str, str]) -> str:

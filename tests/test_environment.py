@@ -30,7 +30,7 @@ def lock_entries() -> dict[str, tuple[str, list[str]]]:
     """``{canonical name: (version, sha256 hashes)}``, read block by block."""
     entries = {}
     for block in re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text(encoding="utf-8")):
-        pin = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\", block)
+        pin = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+) \\", block)
         if pin:
             entries[canonicalize_name(pin[1])] = (pin[2], re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return entries
