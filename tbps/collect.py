@@ -13,7 +13,10 @@ Output columns (``OUTPUT_SCHEMA``, in this order), one row per
   and ``train_dataset``. In-domain rows have ``train_dataset == dataset``.
 - ``selection``: 'last' (final checkpoint), 'zero-shot' (pretrained weights) or, for the
   validation curve, 'epoch' (the model after that epoch, split 'val').
-- Validation rows have no gallery counts, data hash, code version, checkpoint or creation
+- The environment columns, ``code_version`` to ``lock_drift`` (``tbps.provenance.FIELDS``): what
+  evaluated the run (git commit and tree state, Python, torch, CUDA/cuDNN, open_clip, webdataset,
+  GPUs, the lock file's hash and the installed packages that differ from it).
+- Validation rows have no gallery counts, data hash, environment, checkpoint or creation
   time (training does not record them per epoch): those are null. Their seed and
   config hash come from the ``config.yaml`` that training writes beside the curve.
 - ``source``: the input file the row came from.
@@ -31,6 +34,7 @@ import polars as pl
 from tbps.datasets import DATASET_KEYS
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import read_parquet_checked, write_parquet_atomic
+from tbps.provenance import FIELDS as ENVIRONMENT_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,9 @@ EVAL_COLUMNS: dict[str, str] = {
     "dataset": _STR, "experiment": _STR, "split": _STR, "direction": _STR, "epoch": _INT, "selection": _STR,
     **dict.fromkeys(METRICS, _FLOAT),
     "num_queries": _INT, "num_gallery": _INT, "seed": _INT,
-    "config_sha256": _STR, "data_sha256": _STR, "code_version": _STR, "checkpoint": _STR, "created_at": _STR,
+    "config_sha256": _STR, "data_sha256": _STR,
+    **{name: {str: _STR, int: _INT}[kind] for name, kind in ENVIRONMENT_FIELDS.items()},
+    "checkpoint": _STR, "created_at": _STR,
 }
 # Columns of a `tbps train` validation curve.
 VAL_COLUMNS: dict[str, str] = {"epoch": _INT, "split": _STR, "direction": _STR, **dict.fromkeys(METRICS, _FLOAT)}
@@ -58,8 +64,9 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
     "direction": pl.String, "selection": pl.String, "epoch": pl.Int64,
     **dict.fromkeys(METRICS, pl.Float64),
     "num_queries": pl.Int64, "num_gallery": pl.Int64, "seed": pl.Int64,
-    "config_sha256": pl.String, "data_sha256": pl.String, "code_version": pl.String, "checkpoint": pl.String,
-    "created_at": pl.String, "source": pl.String,
+    "config_sha256": pl.String, "data_sha256": pl.String,
+    **{name: {str: pl.String, int: pl.Int64}[kind] for name, kind in ENVIRONMENT_FIELDS.items()},
+    "checkpoint": pl.String, "created_at": pl.String, "source": pl.String,
 }
 
 

@@ -25,7 +25,7 @@ from tbps.device import resolve_device
 from tbps.fileio import sha256_file, write_parquet_atomic
 from tbps.metrics import retrieval_metrics, topk_indices
 from tbps.progress import progress
-from tbps.provenance import code_version
+from tbps.provenance import environment
 from tbps.shards.reader import load_manifest, open_shards
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
             "dataset": dataset, "experiment": experiment, "split": split, "direction": direction,
             "epoch": epoch, "selection": "last" if checkpoint_path is not None else "zero-shot", **metrics,
             "num_queries": result.num_queries[direction], "num_gallery": result.num_gallery[direction],
-            "seed": seed, "config_sha256": cfg.sha256(), "data_sha256": data_sha, "code_version": code_version(),
+            "seed": seed, "config_sha256": cfg.sha256(), "data_sha256": data_sha, **environment(),
             "checkpoint": str(checkpoint_path) if checkpoint_path is not None else "",
             "created_at": created,
         })

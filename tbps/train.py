@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from tbps import __version__, checkpoint, losses
+from tbps import checkpoint, losses, provenance
 from tbps.config import ExperimentConfig, LossConfig
 from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table
 from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
@@ -221,6 +221,7 @@ class RunCheckpoints:
             "scaler": self.scaler.state_dict(), "epoch": run.epoch, "next_batch": run.next_batch,
             "global_step": run.global_step, "rng": checkpoint.rng_state(self.device), "config": self.cfg.to_dict(),
             "resume_sha256": self.cfg.resume_sha256(), "log_rows": run.log_rows, "val_rows": run.val_rows,
+            "environment": provenance.environment(),
         })
         if run.log_rows:
             write_parquet_atomic(pl.DataFrame(run.log_rows), self.paths.log)
@@ -238,7 +239,8 @@ class RunCheckpoints:
         checkpoint.save(self.paths.final, {
             "model": self.model.state_dict(), "config": self.cfg.to_dict(), "config_sha256": self.cfg.sha256(),
             "epochs": epochs_done, "global_step": run.global_step, "seed": self.cfg.train.seed,
-            "stopped_by_max_steps": stopped_early, "code_version": __version__,
+            "stopped_by_max_steps": stopped_early, "code_version": provenance.code_version(),
+            "environment": provenance.environment(),
             "train_manifest_sha256": sha256_file(train_manifest),
         })
         log.info("wrote %s (epoch %d, step %d)", self.paths.final, epochs_done, run.global_step)

@@ -12,9 +12,11 @@ from tbps.cli import main
 from tbps.collect import OUTPUT_SCHEMA, collect, collect_frame, parse_experiment, summary_table
 from tbps.config import ExperimentConfig
 from tbps.errors import UserInputError
+from tbps.provenance import FIELDS
 from tbps.published import as_frame, for_experiment, lookup
 
 METRIC_VALUES = {"R1": 70.0, "R5": 85.0, "R10": 90.0, "mAP": 62.5, "mINP": 45.0}
+ENVIRONMENT = {name: 1 if kind is int else f"example {name}" for name, kind in FIELDS.items()}
 
 
 def eval_table(dataset: str, experiment: str, r1: float = 70.0, **overrides) -> pl.DataFrame:
@@ -23,7 +25,7 @@ def eval_table(dataset: str, experiment: str, r1: float = 70.0, **overrides) -> 
     for direction in ("t2i", "i2t"):
         row = {"dataset": dataset, "experiment": experiment, "split": "test", "direction": direction, "epoch": 5,
                "selection": "last", **METRIC_VALUES, "R1": r1, "num_queries": 100, "num_gallery": 50, "seed": 1,
-               "config_sha256": "c" * 64, "data_sha256": "d" * 64, "code_version": "0.1.0",
+               "config_sha256": "c" * 64, "data_sha256": "d" * 64, **ENVIRONMENT,
                "checkpoint": f"results/{dataset}/{experiment}/train/final.pt",
                "created_at": "2024-01-01T00:00:00+00:00"}
         row.update(overrides)
@@ -123,6 +125,10 @@ def test_missing_val_curve_file_named_explicitly_is_an_error(tmp_path):
     ("change", "message"),
     [
         (lambda df: df.drop("mAP"), r"missing column\(s\) mAP"),
+        # Written before metrics rows carried the environment: evaluate again.
+        (lambda df: df.drop(*[c for c in FIELDS if c != "code_version"]),
+         r"missing column\(s\) git_commit, git_tree, .*lock_drift\. Fix: rerun `tbps evaluate`"),
+        (lambda df: df.with_columns(pl.lit("0").alias("gpu_count")), "column gpu_count has dtype String"),
         (lambda df: df.with_columns(pl.col("R1").cast(pl.String)), "column R1 has dtype String, expected float"),
         (lambda df: df.with_columns(pl.col("epoch").cast(pl.Float64)), "column epoch has dtype Float64"),
         (lambda df: df.with_columns(pl.lit(1).alias("extra")), r"unexpected column\(s\) extra"),

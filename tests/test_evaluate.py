@@ -7,10 +7,12 @@ import pytest
 import torch
 import yaml
 
+from tbps import checkpoint
 from tbps.cli import main
 from tbps.config import load_experiment
 from tbps.evaluate import Encoded, score
 from tbps.model import build_model
+from tbps.provenance import FIELDS, environment
 from tbps.train import train
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "config", "experiments")
@@ -39,6 +41,13 @@ def test_evaluate_checkpoint_writes_rows_with_provenance(trained, synthetic_shar
     assert t2i["epoch"] == 1 and t2i["selection"] == "last" and t2i["seed"] == 0
     assert len(t2i["config_sha256"]) == 64 and len(t2i["data_sha256"]) == 64 and t2i["code_version"]
     assert all(0 <= t2i[c] <= 100 for c in METRIC_COLUMNS) and t2i["R1"] <= t2i["R5"] <= t2i["R10"]
+    # The environment that evaluated it, and the one that trained it: one record, one code_version.
+    env = {name: t2i[name] for name in FIELDS}
+    assert env == environment() and env["python_version"].startswith("3.") and len(env["lock_sha256"]) == 64
+    assert env["cuda_version"] == (torch.version.cuda or "cpu") and env["torch_version"] == str(torch.__version__)
+    final = checkpoint.load(trained)
+    assert final["environment"] == env and final["code_version"] == env["code_version"]
+    assert checkpoint.load(trained.parent / "checkpoints" / "last.pt")["environment"] == env
     ex = pl.read_parquet(examples)
     assert set(ex["kind"]) == {"sample", "worst"} and ex["rank"].max() == 5
     assert (ex["correct"] == (ex["person_id"] == ex["query_person_id"])).all()
