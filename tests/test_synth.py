@@ -14,7 +14,7 @@ from PIL import Image
 from tbps.cli import main
 from tbps.data import synth
 from tbps.data.formats import find_annotation_file, parse_records, read_json
-from tbps.data.synth import generate_dataset, plan_dataset
+from tbps.data.synth import generate_dataset, plan_dataset, read_marker
 from tbps.data.synth_text import COLOURS, HAIR_COLOURS, person_attributes
 from tbps.datasets import info
 from tbps.errors import UserInputError
@@ -58,7 +58,8 @@ def _captions_by_id(records: list[dict]) -> dict[int, list[str]]:
 @pytest.mark.parametrize("fmt", list(FIELDS))
 def test_annotation_file_fields_and_types(datasets, fmt):
     out, _, records = datasets[fmt]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["imgs", info(fmt).annotation_files[0]])
+    # The release's files, plus the hidden marker that says the generator made the folder.
+    assert sorted(p.name for p in out.iterdir()) == sorted(["imgs", info(fmt).annotation_files[0], synth.MARKER_NAME])
     assert isinstance(records, list) and records
     for r in records:
         assert list(r) == FIELDS[fmt]  # release field order, nothing extra
@@ -244,6 +245,45 @@ def test_refuses_bad_arguments(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_finished_folder_records_its_parameters(tmp_path):
+    generate_dataset("rstpreid", tmp_path / "out", ids=3, seed=5, val_ids=2, test_ids=2, size=SIZE)
+    assert read_marker(tmp_path / "out") == {
+        "generator": "tbps synth", "generator_version": synth.GENERATOR_VERSION, "format": "rstpreid", "ids": 3,
+        "seed": 5, "images_per_id": None, "val_ids": 2, "test_ids": 2, "size": list(SIZE),
+    }
+
+
+def test_own_folder_is_regenerated_in_place_when_parameters_change(tmp_path):
+    out = tmp_path / "out"
+    kwargs = {"ids": 3, "val_ids": 2, "test_ids": 2, "size": SIZE}
+    generate_dataset("cuhk-pedes", out, seed=1, **kwargs)
+    first = (out / "reid_raw.json").read_bytes()
+    generate_dataset("cuhk-pedes", out, seed=2, **kwargs)
+    assert (out / "reid_raw.json").read_bytes() != first and read_marker(out)["seed"] == 2
+    generate_dataset("cuhk-pedes", out, seed=1, **kwargs)
+    assert (out / "reid_raw.json").read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old copy left
+
+
+@pytest.mark.parametrize("marker", [None, "not json", '{"generator": "someone else"}'],
+                         ids=["no marker", "broken marker", "foreign marker"])
+def test_folder_it_did_not_make_is_refused_untouched(tmp_path, marker):
+    download = tmp_path / "CUHK-PEDES"
+    (download / "imgs").mkdir(parents=True)
+    (download / "reid_raw.json").write_text("[]")
+    (download / "imgs" / "a.jpg").write_bytes(b"mine")
+    if marker is not None:
+        (download / synth.MARKER_NAME).write_text(marker)
+    before = {p: p.read_bytes() for p in download.rglob("*") if p.is_file()}
+    with pytest.raises(UserInputError) as err:
+        generate_dataset("cuhk-pedes", download, ids=2, size=SIZE)
+    message = str(err.value)
+    assert str(download) in message and "not made by `tbps synth`" in message  # which folder, why
+    assert "datasets: synthetic: raw:" in message and "delete" in message  # how to fix
+    assert {p: p.read_bytes() for p in download.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CUHK-PEDES"]
+
+
 def test_cli(tmp_path, capsys):
     out = tmp_path / "rstp"
     args = ["synth", "--format", "rstpreid", "--out", str(out), "--ids", "3", "--val-ids", "2",
@@ -255,10 +295,17 @@ def test_cli(tmp_path, capsys):
     assert len(records) == 14
     with Image.open(out / "imgs" / records[0]["img_path"]) as im:
         assert im.size == (32, 64)
-    assert main(args) == 2  # exists: refuses
-    assert "--force" in capsys.readouterr().err
-    assert main([*args, "--seed", "2", "--force"]) == 0
+    # Its own folder (marker inside) is regenerated in place with the new parameters.
+    assert main([*args[:-1], "2"]) == 0
     assert json.loads((out / "data_captions.json").read_text()) != records
+    assert read_marker(out)["seed"] == 2
+    foreign = tmp_path / "download"
+    foreign.mkdir()
+    (foreign / "data_captions.json").write_text("[]")
+    assert main([*args[:4], str(foreign), *args[5:]]) == 2
+    assert "not made by `tbps synth`" in capsys.readouterr().err
+    assert main([*args[:4], str(foreign), *args[5:], "--force"]) == 0
+    assert read_marker(foreign)["format"] == "rstpreid"
     assert main(["synth", "--format", "icfg-pedes", "--out", str(tmp_path / "i"), "--val-ids", "3"]) == 2
     assert "no val split" in capsys.readouterr().err
 
