@@ -35,6 +35,13 @@ from tbps.schedule import learning_rate
 
 log = logging.getLogger(__name__)
 
+# Columns of val_curve.parquet. Every run writes the file (no rows without a val split or with
+# per-epoch validation off), so the workflow can declare it as an output.
+VAL_CURVE_SCHEMA = {
+    "epoch": pl.Int64, "split": pl.String, "direction": pl.String,
+    **dict.fromkeys(("R1", "R5", "R10", "mAP", "mINP"), pl.Float64),
+}
+
 
 @dataclass
 class TrainPaths:
@@ -293,8 +300,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
 
     if dist.is_main:
         write_parquet_atomic(pl.DataFrame(log_rows), paths.log)
-        if val_rows:
-            write_parquet_atomic(pl.DataFrame(val_rows), paths.val)
+        write_parquet_atomic(pl.DataFrame(val_rows, schema=VAL_CURVE_SCHEMA), paths.val)
         # A run cut short by train.max_steps (a smoke run) still ends with an evaluable model; its
         # last.pt stays resumable with a larger max_steps.
         epochs_done = log_rows[-1]["epoch"] if log_rows else 0
