@@ -31,12 +31,12 @@ def _no_pwned_file(*folders) -> None:
 
 
 def test_hostile_config_values_reach_the_commands_as_plain_arguments(tmp_path):
-    overlay = _overlay(raw=HOSTILE_RAW, augment_backend="synonyms")
-    # Never loaded by the offline synonyms backend, but passed on the augment command line.
+    overlay = _overlay(raw=HOSTILE_RAW)
+    # Never loaded by the `none` backend, but passed on the augment command line.
     overlay["augment"] = {"model_en_fr": "Helsinki-NLP/opus-mt-en-fr$(touch PWNED4)", "model_fr_en": "x; touch PWNED5"}
     run = make_run_folder(tmp_path / "run", overlay)
 
-    result = snakemake(run, TRAIN_SHARDS, "results/synthetic/shards/test/manifest.json")
+    result = snakemake(run, TRAIN_SHARDS)
 
     _no_pwned_file(tmp_path, run.parent)
     raw = run / HOSTILE_RAW  # the folder has exactly the configured name

@@ -8,7 +8,7 @@
 # - An optional value is a list of zero or one item written after its option, e.g.
 #   `--val {input.val:q}`. `:q` quotes each list item on its own and renders an empty list as
 #   nothing; the tbps option takes an optional value (argparse nargs="?"), so a bare option
-#   means "none" (or the command's own default). No param builds a flag string.
+#   means "none" (or the command's own default). No param glues a flag to a config value.
 # - Paths are relative to the working directory, so a finished run can move (see
 #   `experiments_dir` in config/config.yaml); nothing here writes a file: planning, dry runs and
 #   --lint leave the folder as it is.
