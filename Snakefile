@@ -11,6 +11,11 @@
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 configfile: "config/config.yaml"
 
 
@@ -42,6 +47,6 @@ report: "workflow/report/workflow.rst"
 
 rule all:
     """The embedded default: the whole pipeline on the generated synthetic dataset."""
+    default_target: True
     input:
         "results/synthetic/metrics.parquet",
-    default_target: True

@@ -1,8 +1,8 @@
 """Collect stage: per-run metric rows (and per-epoch validation curves) -> one metrics table.
 
 Inputs are the Parquet files written by ``tbps evaluate`` (one row per direction) and,
-optionally, the ``val_curve.parquet`` files written by ``tbps train`` when a dataset has a
-val split. Every input is validated strictly (columns, dtypes, nulls, NaN, ranges): a
+optionally, the ``val_curve.parquet`` files written by ``tbps train`` (no rows when a dataset
+has no val split). Every input is validated strictly (columns, dtypes, nulls, NaN, ranges): a
 metrics table that silently mixes a half-written or foreign file would be worse than none.
 
 Output columns (``OUTPUT_SCHEMA``, in this order), one row per
@@ -103,9 +103,10 @@ def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
-def validate_values(df: pl.DataFrame, path: Path, non_null: Sequence[str], fix: str) -> None:
+def validate_values(df: pl.DataFrame, path: Path, non_null: Sequence[str], fix: str, *,
+                    allow_empty: bool = False) -> None:
     """No nulls where a value is required; metrics finite and within [0, 100]; known splits/directions."""
-    if df.height == 0:
+    if df.height == 0 and not allow_empty:
         raise input_error(path, "has no rows", fix)
     for column in non_null:
         bad = _first_bad(df, pl.col(column).is_null())
@@ -193,7 +194,8 @@ def read_val_curve(path: Path) -> pl.DataFrame:
     fix = "rerun `tbps train` to rewrite it"
     df = _read(path, "validation curve")
     validate_columns(df, VAL_COLUMNS, path, fix)
-    validate_values(df, path, non_null=list(VAL_COLUMNS), fix=fix)
+    # No rows: the run had no val split (or per-epoch validation off).
+    validate_values(df, path, non_null=list(VAL_COLUMNS), fix=fix, allow_empty=True)
     bad = _first_bad(df, pl.col("split") != "val")
     if bad is not None:
         raise input_error(path, f"split = {df['split'][bad]!r} in a validation curve", fix, record=bad)
@@ -220,21 +222,6 @@ def _to_output(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def resolve_val_curves(paths: Sequence[Path]) -> list[Path]:
-    """A train folder contributes its val_curve.parquet when it has one (training writes it only for
-    datasets with a val split); a file is required to exist."""
-    found = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            if (p / VAL_CURVE_NAME).is_file():
-                found.append(p / VAL_CURVE_NAME)
-            else:
-                log.info("%s: no %s (no val split, or per-epoch validation off): no curve", p, VAL_CURVE_NAME)
-        else:
-            found.append(p)
-    return found
-
-
 def check_unique(df: pl.DataFrame) -> None:
     dup = df.filter(pl.struct(*KEY).is_duplicated())
     if dup.height:
@@ -250,8 +237,7 @@ def check_unique(df: pl.DataFrame) -> None:
 def collect_frame(inputs: Sequence[Path], val_curves: Sequence[Path] = ()) -> pl.DataFrame:
     """Validated, de-duplicated, deterministically sorted metrics table (not written)."""
     frames = [load_eval_metrics(p) for p in inputs]
-    curves = resolve_val_curves(val_curves)
-    frames += [load_val_curve(p) for p in curves]
+    frames += [load_val_curve(p) for p in val_curves]
     if not frames:
         raise UserInputError(
             "collect: no metrics files were given. Fix: pass them with --inputs (for results/cross/metrics.parquet: "
@@ -260,7 +246,7 @@ def collect_frame(inputs: Sequence[Path], val_curves: Sequence[Path] = ()) -> pl
     df = pl.concat(frames, how="vertical")
     check_unique(df)
     log.info("collected %d rows from %d metrics file(s) and %d validation curve(s)", df.height, len(inputs),
-             len(curves))
+             len(val_curves))
     return df.sort(KEY)
 
 

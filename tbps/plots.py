@@ -191,7 +191,7 @@ def plot_training(train_log: Path, out: Path, *, val_curve: Path | None = None, 
 
 def _plot_val(ax, val: pl.DataFrame | None) -> None:
     ax.set_title("validation (per epoch)")
-    if val is None:
+    if val is None or val.height == 0:
         ax.text(0.5, 0.5, "no validation curve\n(no val split, or per-epoch\nvalidation switched off)",
                 ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_axis_off()
@@ -410,16 +410,7 @@ def plot_metrics_from_files(inputs: Sequence[Path], out: Path, *, dataset: str, 
     plot_metrics(collect_frame(inputs), out, dataset=dataset, chance=chance, title=title)
 
 
-def plot_training_from_dir(train_log: Path, out: Path, *, val_curve: Path | None = None,
-                           title: str | None = None) -> None:
-    """``plot_training``; ``val_curve`` may be a train folder, used when it holds a val_curve.parquet."""
-    from tbps.collect import resolve_val_curves
-
-    curves = resolve_val_curves([val_curve]) if val_curve is not None else []
-    plot_training(train_log, out, val_curve=curves[0] if curves else None, title=title)
-
-
 __all__ = [
     "chance_from_annotations", "chance_levels", "loss_terms", "moving_average", "plot_examples", "plot_metrics",
-    "plot_metrics_from_files", "plot_training", "plot_training_from_dir", "save_figure",
+    "plot_metrics_from_files", "plot_training", "save_figure",
 ]

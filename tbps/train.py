@@ -38,6 +38,13 @@ from tbps.shards.index import ShardIndex
 
 log = logging.getLogger(__name__)
 
+# Columns of val_curve.parquet. Every run writes the file (no rows without a val split or with
+# per-epoch validation off), so the workflow can declare it as an output.
+VAL_CURVE_SCHEMA = {
+    "epoch": pl.Int64, "split": pl.String, "direction": pl.String,
+    **dict.fromkeys(("R1", "R5", "R10", "mAP", "mINP"), pl.Float64),
+}
+
 
 @dataclass
 class TrainPaths:
@@ -231,8 +238,8 @@ class RunCheckpoints:
         if not self.is_main:
             return
         write_parquet_atomic(pl.DataFrame(run.log_rows), self.paths.log)
-        if run.val_rows:
-            write_parquet_atomic(pl.DataFrame(run.val_rows), self.paths.val)
+        # Always written (empty without a val split), so the workflow can declare it.
+        write_parquet_atomic(pl.DataFrame(run.val_rows, schema=VAL_CURVE_SCHEMA), self.paths.val)
         # A run cut short by train.max_steps (a smoke run) still ends with an evaluable model; its
         # last.pt stays resumable with a larger max_steps.
         epochs_done = run.log_rows[-1]["epoch"] if run.log_rows else 0

@@ -19,9 +19,9 @@ from tbps.plots import (
     plot_examples,
     plot_metrics,
     plot_training,
-    plot_training_from_dir,
 )
 from tbps.provenance import FIELDS
+from tbps.train import VAL_CURVE_SCHEMA
 
 
 def assert_png(path: Path, min_size=(200, 200)) -> None:
@@ -73,14 +73,18 @@ def test_training_figure_with_and_without_val_curve_is_deterministic(tmp_path):
     train_dir = tmp_path / "results" / "synthetic" / "tiny" / "train"
     log_path = write_train_log(train_dir)
 
-    plot_training_from_dir(log_path, tmp_path / "no_val.png", val_curve=train_dir, title="tiny")  # no curve yet
-    write_val_curve(train_dir)
-    plot_training_from_dir(log_path, tmp_path / "a.png", val_curve=train_dir, title="tiny")
-    plot_training(log_path, tmp_path / "b.png", val_curve=train_dir / "val_curve.parquet", title="tiny")
+    no_rows = train_dir / "no_validation.parquet"
+    pl.DataFrame([], schema=VAL_CURVE_SCHEMA).write_parquet(no_rows)  # a run without a val split
+    plot_training(log_path, tmp_path / "no_val.png", title="tiny")
+    plot_training(log_path, tmp_path / "empty_val.png", val_curve=no_rows, title="tiny")
+    curve = write_val_curve(train_dir)
+    plot_training(log_path, tmp_path / "a.png", val_curve=curve, title="tiny")
+    plot_training(log_path, tmp_path / "b.png", val_curve=curve, title="tiny")
 
-    for name in ("no_val.png", "a.png", "b.png"):
+    for name in ("no_val.png", "empty_val.png", "a.png", "b.png"):
         assert_png(tmp_path / name)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "empty_val.png").read_bytes() == (tmp_path / "no_val.png").read_bytes()
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "no_val.png").read_bytes()
 
 

@@ -1,4 +1,5 @@
-"""The Snakemake workflow: lint, dry runs, the missing-download message, a real data-stage run."""
+"""The Snakemake workflow: lint, format, dry runs, config handling, the missing-download message,
+a real data-stage run, use as a Snakemake module."""
 
 import json
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from helpers.workflow_runs import CHECKOUT_FILES, planned_jobs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +26,8 @@ def workdir(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["datasets"]["synthetic"]["synth_ids"] = 24
     cfg["datasets"]["synthetic"]["raw"] = str(tmp_path / "resources" / "raw" / "synthetic")
+    # The run folder is not the checkout: point at the checkout's presets.
+    cfg["experiments_dir"] = str(REPO / "config" / "experiments")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path
 
@@ -35,12 +39,20 @@ def test_lint_is_clean():
     assert "Lints for" not in result.stdout + result.stderr
 
 
+def test_snakefmt_is_clean():
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
+    if snakefmt is None:
+        pytest.skip("snakefmt is not installed (a dev dependency: pip install snakefmt)")
+    result = subprocess.run([snakefmt, "--check", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dry_run_of_the_embedded_default(workdir):
     result = snakemake(workdir, "-n", f"--configfile={workdir / 'config.yaml'}", "results/synthetic/metrics.parquet")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     # augment and the shard jobs join the DAG once the shard_plan checkpoint has run.
-    for rule in ("synth", "prepare", "shard_plan", "train", "evaluate", "collect"):
+    for rule in ("synth", "prepare", "shard_plan", "shards_present", "shard_manifest", "train", "evaluate", "collect"):
         assert f"rule {rule}:" in out or f"checkpoint {rule}:" in out, rule
 
 
@@ -80,6 +92,13 @@ def test_config_schema_rejects_unknown_keys(workdir):
     result = snakemake(workdir, "-n", f"--configfile={bad}")
     assert result.returncode != 0
     assert "max_sampels" in result.stdout + result.stderr
+    # Generator settings belong to the synthetic dataset only.
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["datasets"]["rstpreid"]["synth_ids"] = 10
+    bad.write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, "-n", f"--configfile={bad}")
+    assert result.returncode != 0
+    assert "synth_ids" in result.stdout + result.stderr
 
 
 def test_conda_env_lists_every_runtime_dependency():
@@ -108,3 +127,75 @@ def test_few_shot_and_cross_runs_join_the_dag(workdir):
     assert "results/synthetic/tiny_tbps_clip_simplified-fs0.1/train/final.pt" in out
     assert "--set data.few_shot_fraction=0.1" in out or "wildcards: dataset=synthetic, experiment=tiny_tbps_clip_simplified-fs0.1" in out
     assert "results/cross/metrics.parquet" in out
+
+
+def test_minimal_config_gets_every_default_from_the_schema(workdir):
+    """The schema holds the workflow's defaults (filled in by validate): a config naming only the
+    dataset's folder and experiments is enough, and the defaults reach the jobs."""
+    minimal = {
+        "experiments_dir": str(REPO / "config" / "experiments"),
+        "datasets": {"synthetic": {"raw": "resources/raw/synthetic", "experiments": ["tiny_tbps_clip"]}},
+    }
+    # The Snakefile's `configfile: "config/config.yaml"` is read from the working directory.
+    (workdir / "config").mkdir()
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(minimal))
+    result = snakemake(workdir, "results/synthetic/augment/captions_aug.parquet", "-n", "-p")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    # synth: the schema's format; ids and seed left to the generator (bare options).
+    assert "tbps synth --format cuhk-pedes --out resources/raw/synthetic --ids  --seed " in out
+    assert "--backend synonyms" in out and "--batch-size 64" in out and "--model-en-fr Helsinki-NLP/opus-mt-en-fr" in out
+
+
+def test_nested_config_on_the_command_line(workdir):
+    """`--config` merges a nested mapping, but reads its values as strings: numbers need a file."""
+    base = ["-n", f"--configfile={workdir / 'config.yaml'}"]
+    target = "results/synthetic/prepared/annotations.parquet"
+    as_strings = snakemake(workdir, *base, "--config", "datasets={synthetic: {synth_ids: 30}}", "--", target)
+    assert as_strings.returncode != 0
+    err = as_strings.stdout + as_strings.stderr
+    assert "'30' is not of type 'integer'" in err and "--configfile overlay.yaml" in err
+    # A string value works and keeps the other keys of the mapping.
+    moved = snakemake(workdir, *base, "--config", "datasets={synthetic: {raw: elsewhere/syn}}", "--", target)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "elsewhere/syn/reid_raw.json" in moved.stdout + moved.stderr
+    # The documented way: an overlay file.
+    (workdir / "overlay.yaml").write_text(yaml.safe_dump({"datasets": {"synthetic": {"synth_ids": 30}}}))
+    overlay = snakemake(workdir, target, "-n", "-p", "--configfile", str(workdir / "config.yaml"),
+                        str(workdir / "overlay.yaml"))
+    assert overlay.returncode == 0, overlay.stderr[-3000:]
+    assert "--ids 30" in overlay.stdout + overlay.stderr
+
+
+def test_missing_experiment_file_stops_with_instructions(workdir):
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["experiments_dir"] = "presets"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, "-n", f"--configfile={workdir / 'config.yaml'}", "results/synthetic/metrics.parquet")
+    assert result.returncode != 0
+    err = result.stdout + result.stderr
+    assert "experiment file 'presets/tiny_tbps_clip_simplified.yaml' not found" in err
+    assert "experiments_dir" in err and "Traceback" not in err
+
+
+def test_workflow_runs_as_a_snakemake_module(tmp_path):
+    """A project that uses the checkout as a module, its presets beside it (README)."""
+    (tmp_path / "tbps").mkdir()
+    for name in CHECKOUT_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp_path / "tbps" / name)
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["experiments_dir"] = "tbps/config/experiments"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n\n'
+        'module tbps:\n    snakefile:\n        "tbps/Snakefile"\n    config:\n        config\n\n\n'
+        "use rule * from tbps\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "results/synthetic/metrics.parquet"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    plan = planned_jobs(result.stdout + result.stderr)
+    assert {"synth", "prepare", "shard_plan", "train", "collect"} <= set(plan)
+    assert "input: tbps/config/experiments/tiny_tbps_clip_simplified.yaml" in result.stdout

@@ -19,10 +19,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--inputs", required=True, nargs="*", type=Path, metavar="PARQUET",
                         help="metrics files written by `tbps evaluate`")
-    parser.add_argument("--val-curves", nargs="*", default=[], type=Path, metavar="PATH",
-                        help="val_curve.parquet files, or train folders results/{dataset}/{experiment}/train "
-                        "(a folder without a curve is skipped and logged); dataset and experiment are read "
-                        "from the path")
+    parser.add_argument("--val-curves", nargs="*", default=[], type=Path, metavar="PARQUET",
+                        help="val_curve.parquet files written by `tbps train`, at "
+                        "results/{dataset}/{experiment}/train/ (dataset and experiment are read from the path)")
     parser.add_argument("--out", required=True, type=Path, help="metrics Parquet file to write")
     parser.set_defaults(func=_run)
 

@@ -20,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training", help="loss (total and per term), lr, logit scale, samples/s per step; val R@1/mAP per epoch")
     training.add_argument("--log", required=True, type=Path, help="train_log.parquet written by `tbps train`")
     training.add_argument("--val-curve", type=Path, default=None, metavar="PATH",
-                          help="val_curve.parquet, or the train folder (its val_curve.parquet is used when "
-                          "present: training writes one only for datasets with a val split)")
+                          help="val_curve.parquet written by `tbps train` (drawn when it has rows)")
     training.add_argument("--out", required=True, type=Path, help="PNG file to write")
     training.add_argument("--title", default=None, help="figure title (default: the log's path)")
     training.set_defaults(func=_training)
@@ -51,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _training(args) -> int:
-    from tbps.plots import plot_training_from_dir
+    from tbps.plots import plot_training
 
-    plot_training_from_dir(args.log, args.out, val_curve=args.val_curve, title=args.title)
+    plot_training(args.log, args.out, val_curve=args.val_curve, title=args.title)
     return 0
 
 

@@ -1,60 +1,73 @@
-# Shared by every stage file: config validation, dataset facts, input functions.
+# Shared by every stage file: config validation, dataset facts, and the input/param functions
+# of the rules (named get_*, as in the snakemake-workflows template).
+#
+# Conventions of the stage files:
+# - Every value that reaches a `shell:` line is quoted with `:q` ({input.x:q}, {params.x:q},
+#   {wildcards.x:q}, {log:q}): a configured path with spaces, quotes, `;` or `$(...)` stays one
+#   literal argument and is never run.
+# - An optional value is a list of zero or one item written after its option, e.g.
+#   `--val {input.val:q}`. `:q` quotes each list item on its own and renders an empty list as
+#   nothing; the tbps option takes an optional value (argparse nargs="?"), so a bare option
+#   means "none" (or the command's own default). No param glues a flag to a config value.
+# - Paths are relative to the working directory, so a finished run can move (see
+#   `experiments_dir` in config/config.yaml); nothing here writes a file: planning, dry runs and
+#   --lint leave the folder as it is.
 import mimetypes
 import os
 import sys
-from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from tbps.datasets import REAL_DATASETS, SYNTHETIC
 
-validate(config, "../schemas/config.schema.yaml")
+
+def validate_config():
+    """Validate the config and fill in the schema's defaults (the workflow's only defaults)."""
+    try:
+        validate(config, "../schemas/config.schema.yaml", set_default=True)
+    except WorkflowError as e:
+        if "is not of type" in " ".join(map(str, e.args)):
+            raise WorkflowError(
+                str(e),
+                "Hint: `--config key={...}` reads the values nested inside a mapping as strings "
+                "(Snakemake parses them with YAML's BaseLoader). Put nested overrides in a file "
+                "and pass it with `--configfile overlay.yaml` (see README, Configuration).",
+            ) from None
+        raise
+
+
+validate_config()
 
 # The report embeds Parquet tables; without a registered type it guesses text/plain.
 mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
 DATASETS = config["datasets"]
-EXPERIMENT_DIR = Path(workflow.basedir) / "config" / "experiments"
+FEW_SHOT_SUFFIX = "-fs"
+ZERO_SHOT = "zero_shot"
 # Rules call `python -m tbps`: make that the interpreter running Snakemake (e.g. the project's
 # venv), even when the venv is not activated; cluster jobs inherit it through the environment.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ["PATH"] = (
+    os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+)
+
+
+# ---------------------------------------------------------------- dataset facts
 
 
 def dataset_format(dataset):
     """Published annotation format of a dataset (the synthetic one mimics one of them)."""
-    return DATASETS[dataset].get("format", "cuhk-pedes") if dataset == SYNTHETIC else dataset
+    return DATASETS[dataset]["format"] if dataset == SYNTHETIC else dataset
 
 
-def dataset_splits(dataset):
-    return list(REAL_DATASETS[dataset_format(dataset)].splits)
+def has_split(dataset, split):
+    return split in REAL_DATASETS[dataset_format(dataset)].splits
 
 
-def raw_dir(dataset):
-    return DATASETS[dataset]["raw"]
-
-
-def raw_annotation(wildcards):
-    """The raw annotation file; stops the run at once, with instructions, when a download is missing."""
-    dataset = wildcards.dataset
-    info = REAL_DATASETS[dataset_format(dataset)]
-    if dataset == SYNTHETIC:
-        return f"{raw_dir(dataset)}/{info.annotation_files[0]}"
-    for name in info.annotation_files:
-        if Path(raw_dir(dataset), name).is_file():
-            return f"{raw_dir(dataset)}/{name}"
-    sys.stderr.write(
-        f"\nERROR: the {info.title} raw data is not at '{raw_dir(dataset)}' "
-        f"(expected {' or '.join(info.annotation_files)} and imgs/ there).\n"
-        f"  Where to get it: {info.download}.\n"
-        f"  Where to put it: unpack it to {raw_dir(dataset)}/ (the default), or set "
-        f"`datasets: {dataset}: raw:` in config/config.yaml (or --config) to its folder.\n"
-        f"  How to check it: tbps check-raw --dataset {dataset} --raw {raw_dir(dataset)}\n\n"
-    )
-    sys.exit(1)
-
-
-FEW_SHOT_SUFFIX = "-fs"
-ZERO_SHOT = "zero_shot"
+def synthetic_annotation():
+    """The file the synth rule writes last (the generator's finished folder holds it)."""
+    name = REAL_DATASETS[dataset_format(SYNTHETIC)].annotation_files[0]
+    return f"{DATASETS[SYNTHETIC]['raw']}/{name}"
 
 
 def base_experiment(run):
@@ -62,21 +75,28 @@ def base_experiment(run):
     return run.split(FEW_SHOT_SUFFIX)[0]
 
 
-def experiment_file(wildcards):
-    return str(EXPERIMENT_DIR / f"{base_experiment(wildcards.experiment)}.yaml")
-
-
-def few_shot_override(wildcards):
-    """`--set data.few_shot_fraction=F` for few-shot runs (spec §9), nothing otherwise."""
-    _, _, fraction = wildcards.experiment.partition(FEW_SHOT_SUFFIX)
-    return f"--set data.few_shot_fraction={fraction}" if fraction else ""
+def experiment_file(experiment):
+    """<experiments_dir>/<name>.yaml; stops the run with instructions when it is not there."""
+    path = f"{config['experiments_dir']}/{base_experiment(experiment)}.yaml"
+    if not os.path.isfile(path):
+        sys.stderr.write(
+            f"\nERROR: experiment file '{path}' not found (experiments_dir: "
+            f"'{config['experiments_dir']}', relative to the working directory {os.getcwd()}).\n"
+            f"  Fix: name an experiment that exists there, or set `experiments_dir:` in the config "
+            f"to the folder of the presets (e.g. the checkout's config/experiments, as a path "
+            f"relative to the working directory).\n\n"
+        )
+        sys.exit(1)
+    return path
 
 
 def trained_runs(dataset):
     """The dataset's experiments plus a few-shot run of each per extras.few_shot_fractions."""
     experiments = DATASETS[dataset]["experiments"]
-    fractions = config.get("extras", {}).get("few_shot_fractions", [])
-    return experiments + [f"{e}{FEW_SHOT_SUFFIX}{f:g}" for e in experiments for f in fractions]
+    fractions = config["extras"]["few_shot_fractions"]
+    return experiments + [
+        f"{e}{FEW_SHOT_SUFFIX}{f:g}" for e in experiments for f in fractions
+    ]
 
 
 def zero_shot_experiment(dataset):
@@ -87,10 +107,10 @@ def zero_shot_experiment(dataset):
     """
     from tbps.config import load_experiment
 
-    if not config.get("extras", {}).get("zero_shot", False):
+    if not config["extras"]["zero_shot"]:
         return None
     for experiment in DATASETS[dataset]["experiments"]:
-        if load_experiment(EXPERIMENT_DIR / f"{experiment}.yaml").model.pretrained:
+        if load_experiment(experiment_file(experiment)).model.pretrained:
             return experiment
     return None
 
@@ -100,112 +120,226 @@ def evaluated_runs(dataset):
     return trained_runs(dataset) + zero_shot
 
 
-def has_split(dataset, split):
-    return split in dataset_splits(dataset)
+def is_cpu_experiment(experiment):
+    """The tiny_* experiments are the CPU models of the embedded demo and the tests."""
+    return experiment.startswith("tiny_")
 
 
-def shard_max_bytes_arg():
-    max_bytes = config["shards"].get("max_bytes")
-    return f"--max-bytes {max_bytes}" if max_bytes else ""
+# ---------------------------------------------------------------- data
 
 
-def shard_image_size_arg():
-    size = config["shards"].get("image_size")
-    return f"--image-size {size[0]}x{size[1]}" if size else ""
+def get_raw_dir(wildcards):
+    return DATASETS[wildcards.dataset]["raw"]
 
 
-def shard_inputs(wildcards):
+def get_raw_annotation(wildcards):
+    """The raw annotation file; stops the run at once, with instructions, when a download is missing."""
+    dataset = wildcards.dataset
+    raw = DATASETS[dataset]["raw"]
+    if dataset == SYNTHETIC:
+        return synthetic_annotation()
+    info = REAL_DATASETS[dataset]
+    for name in info.annotation_files:
+        if os.path.isfile(os.path.join(raw, name)):
+            return f"{raw}/{name}"
+    sys.stderr.write(
+        f"\nERROR: the {info.title} raw data is not at '{raw}' "
+        f"(expected {' or '.join(info.annotation_files)} and imgs/ there).\n"
+        f"  Where to get it: {info.download}.\n"
+        f"  Where to put it: unpack it to {raw}/ (the default), or set "
+        f"`datasets: {dataset}: raw:` in config/config.yaml (or a --configfile overlay) to its folder.\n"
+        f"  How to check it: tbps check-raw --dataset {dataset} --raw {raw}\n\n"
+    )
+    sys.exit(1)
+
+
+def get_synth_option(key):
+    """[value] of a datasets.synthetic key when the config sets it, else [] (the generator's default)."""
+
+    def option(wildcards):
+        value = DATASETS[SYNTHETIC].get(key)
+        return [] if value is None else [value]
+
+    return option
+
+
+def get_output_folder(wildcards, output):
+    """The folder of a job's first output, for commands that take an output folder."""
+    return os.path.dirname(output[0])
+
+
+# ---------------------------------------------------------------- augment
+
+
+def get_augment_backend(wildcards):
+    return DATASETS[wildcards.dataset]["augment_backend"]
+
+
+def get_augment_gpus(wildcards):
+    # Back-translation of a real dataset wants one GPU; the offline backends need none.
+    return 1 if get_augment_backend(wildcards) == "backtranslation" else 0
+
+
+def get_augment_cache(wildcards):
+    # Not an output: the cache outlives the output, so a rerun only computes new captions.
+    return f"results/{wildcards.dataset}/augment/cache.sqlite"
+
+
+# ---------------------------------------------------------------- shards
+
+
+def get_shard_max_samples(wildcards):
+    return DATASETS[wildcards.dataset].get(
+        "shard_max_samples", config["shards"]["max_samples"]
+    )
+
+
+def get_shard_max_bytes(wildcards):
+    max_bytes = config["shards"]["max_bytes"]
+    return [] if max_bytes is None else [max_bytes]
+
+
+def get_shard_image_size(wildcards):
+    size = config["shards"]["image_size"]
+    return [] if size is None else [f"{size[0]}x{size[1]}"]
+
+
+def get_augmented_captions(wildcards):
     """Train shards carry the augmented captions; val/test shards don't need them."""
-    inputs = {
-        "plan": f"results/{wildcards.dataset}/shards/{wildcards.split}/plan.json",
-        "table": f"results/{wildcards.dataset}/prepared/annotations.parquet",
-    }
-    if wildcards.split == "train":
-        inputs["augmented"] = f"results/{wildcards.dataset}/augment/captions_aug.parquet"
-    return inputs
+    if wildcards.split != "train":
+        return []
+    return f"results/{wildcards.dataset}/augment/captions_aug.parquet"
 
 
-def planned_shards(wildcards):
+def get_planned_shards(wildcards):
     """Shard files named by the split's plan (known once the shard_plan checkpoint ran)."""
     import json
 
     plan = checkpoints.shard_plan.get(**wildcards).output.plan
     with open(plan) as f:
         names = [s["name"] for s in json.load(f)["shards"]]
-    return [f"results/{wildcards.dataset}/shards/{wildcards.split}/{name}" for name in names]
+    folder = os.path.dirname(plan)
+    return [f"{folder}/{name}" for name in names]
 
 
-def flag_missing_shards():
-    """Mark splits whose manifest exists but a planned shard is gone.
+def get_missing_shards(wildcards):
+    """Planned shards of a split that are not on disk ([] once the split is complete).
 
-    Snakemake does not rebuild a deleted intermediate file while the files that read it look up
-    to date. So, before the DAG is built, the split's `.shards-check` marker (an input of the
-    manifest only) gets new content: the manifest then has a changed, newer input, reruns, and
-    brings back exactly the missing shard(s); what reads that split follows. Nothing else
-    changes, so the run after that is a no-op again.
+    How a deleted shard gets rebuilt without writing anything while planning: Snakemake does
+    not rerun the job of a missing intermediate file while the jobs that read it look up to
+    date, but it does rerun a job whose params differ from those recorded with its output.
+    This is a param of `shards_present`, whose inputs are the planned shards: while planning,
+    the value names the missing shard, `shards_present` reruns, and the missing input brings
+    back exactly that shard; the manifest reads the shard, so it and what reads the split
+    follow. Snakemake records the value it saw while planning, so the next run reruns
+    `shards_present` once more (it only renews its stamp: the manifest reads the stamp as
+    `ancient`, so nothing follows), and the run after that is a no-op.
+    (The function takes no `input` argument on purpose: Snakemake leaves params derived from
+    input/output files out of the params trigger.)
     """
-    import glob
-    import json
-    import time
-
-    for plan in glob.glob("results/*/shards/*/plan.json"):
-        folder = os.path.dirname(plan)
-        check = os.path.join(folder, ".shards-check")
-        if not (os.path.exists(os.path.join(folder, "manifest.json")) and os.path.exists(check)):
-            continue
-        try:
-            with open(plan) as f:
-                names = [s["name"] for s in json.load(f)["shards"]]
-        except (OSError, ValueError, KeyError):
-            continue  # a broken plan is rebuilt by its own rule
-        missing = [n for n in names if not os.path.exists(os.path.join(folder, n))]
-        if missing:
-            sys.stderr.write(f"{folder}: {len(missing)} planned shard(s) missing ({', '.join(missing[:3])}): "
-                             "they and the manifest will be rebuilt\n")
-            # New content, not only a new mtime: Snakemake ignores a newer input whose checksum
-            # it has recorded (small files).
-            with open(check, "w") as f:
-                f.write(f"missing since {time.time():.6f}: {' '.join(missing)}\n")
+    shards = get_planned_shards(wildcards)
+    missing = [os.path.basename(p) for p in shards if not os.path.exists(p)]
+    if missing and os.path.exists(
+        get_shard_manifest(wildcards.dataset, wildcards.split)
+    ):
+        sys.stderr.write(
+            f"{os.path.dirname(shards[0])}: {len(missing)} planned shard(s) missing "
+            f"({', '.join(missing[:3])}): they, the manifest and what reads the split will be rebuilt\n"
+        )
+    return missing
 
 
-flag_missing_shards()
-
-
-def shards_check(dataset, split):
-    return f"results/{dataset}/shards/{split}/.shards-check"
-
-
-def shard_manifest(dataset, split):
+def get_shard_manifest(dataset, split):
     return f"results/{dataset}/shards/{split}/manifest.json"
 
 
-def train_inputs(wildcards):
-    inputs = {
-        "experiment": experiment_file(wildcards),
-        "train": shard_manifest(wildcards.dataset, "train"),
-    }
-    if has_split(wildcards.dataset, "val"):
-        inputs["val"] = shard_manifest(wildcards.dataset, "val")
-    return inputs
+# ---------------------------------------------------------------- train and evaluate
 
 
-def is_cpu_experiment(experiment):
-    """The tiny_* experiments are the CPU models of the embedded demo and the tests."""
-    return experiment.startswith("tiny_")
+def get_experiment_file(wildcards):
+    return experiment_file(wildcards.experiment)
 
 
-def train_gpus(wildcards):
+def get_val_manifest(wildcards):
+    """The val shards for the per-epoch curve, [] for a dataset without a val split."""
+    if not has_split(wildcards.dataset, "val"):
+        return []
+    return get_shard_manifest(wildcards.dataset, "val")
+
+
+def get_few_shot_overrides(wildcards):
+    """`data.few_shot_fraction=F` for few-shot runs (paper Sec. 4.5, Tables 11 and 16), else nothing."""
+    _, _, fraction = wildcards.experiment.partition(FEW_SHOT_SUFFIX)
+    return [f"data.few_shot_fraction={fraction}"] if fraction else []
+
+
+def get_gpus(wildcards):
     # One GPU by default; a profile's `set-resources: train: gpu: N` asks for N (torchrun).
     return 0 if is_cpu_experiment(wildcards.experiment) else 1
 
 
-def eval_gpus(wildcards):
-    return 0 if is_cpu_experiment(wildcards.experiment) else 1
-
-
-def launcher(wildcards, resources):
-    """`python -m tbps`, or torchrun with one process per GPU of the job."""
+def get_launcher(wildcards, resources):
+    """`python -m tbps`, or torchrun with one process per GPU of the job (a list: :q quotes each word)."""
     gpus = int(resources.get("gpu", 0) or 0)
     if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus} -m tbps"
-    return "python -m tbps"
+        return ["torchrun", "--standalone", "--nproc_per_node", gpus, "-m", "tbps"]
+    return ["python", "-m", "tbps"]
+
+
+def get_cross_run_name(wildcards):
+    """`<experiment>@<train dataset>`: how collect tells a cross-dataset row's training set."""
+    return f"{wildcards.experiment}@{wildcards.train_dataset}"
+
+
+def get_zero_shot_experiment_file(wildcards):
+    return experiment_file(zero_shot_experiment(wildcards.dataset))
+
+
+# ---------------------------------------------------------------- collect and plots
+
+
+def get_training_title(wildcards):
+    return f"{wildcards.experiment} on {wildcards.dataset}"
+
+
+def get_examples_title(wildcards):
+    return f"{wildcards.experiment} on {wildcards.dataset}: retrieval examples (test)"
+
+
+def get_run_metrics(wildcards):
+    return [
+        f"results/{wildcards.dataset}/{run}/eval/test.parquet"
+        for run in evaluated_runs(wildcards.dataset)
+    ]
+
+
+def get_val_curves(wildcards):
+    return [
+        f"results/{wildcards.dataset}/{run}/train/val_curve.parquet"
+        for run in trained_runs(wildcards.dataset)
+    ]
+
+
+def get_report_figures(wildcards):
+    """A dataset's report figures: `collect` waits for them (see collect.smk)."""
+    runs = trained_runs(wildcards.dataset)
+    return [f"results/{wildcards.dataset}/plots/metrics.png"] + [
+        f"results/{wildcards.dataset}/{run}/plots/{figure}.png"
+        for run in runs
+        for figure in ("training", "examples")
+    ]
+
+
+def get_cross_metrics(wildcards):
+    """extras.cross: in-domain pairs reuse the regular evaluation (no second evaluation)."""
+    cross = config["extras"]["cross"]
+    experiment = cross["experiment"]
+    return [
+        (
+            f"results/{train}/{experiment}/eval/test.parquet"
+            if train == test
+            else f"results/cross/{train}/{experiment}/{test}.parquet"
+        )
+        for train in cross["train"]
+        for test in cross["eval"]
+    ]

@@ -1,44 +1,45 @@
 # Raw data -> normalised caption table.
 
 
-rule synth:
-    """Generate the embedded synthetic pedestrian dataset in a published annotation format."""
-    output:
-        annotation=f"{raw_dir(SYNTHETIC)}/{REAL_DATASETS[dataset_format(SYNTHETIC)].annotation_files[0]}"
-        if SYNTHETIC in DATASETS
-        else "resources/raw/synthetic/.unused",
-    params:
-        raw=lambda wildcards, output: os.path.dirname(output.annotation),
-        fmt=dataset_format(SYNTHETIC) if SYNTHETIC in DATASETS else "",
-        ids=DATASETS.get(SYNTHETIC, {}).get("synth_ids", 400),
-        seed=DATASETS.get(SYNTHETIC, {}).get("synth_seed", 0),
-    log:
-        "logs/synth/synthetic.log",
-    benchmark:
-        "logs/benchmarks/synth/synthetic.tsv"
-    conda:
-        "../../envs/tbps.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "python -m tbps synth --format {params.fmt} --out {params.raw} --ids {params.ids} --seed {params.seed}"
-        # --force: a changed synth_ids/synth_seed regenerates the folder in place.
-        " --force"
-        " > {log} 2>&1"
+if SYNTHETIC in DATASETS:
+
+    rule synth:
+        """Generate the embedded synthetic pedestrian dataset in a published annotation format.
+
+        `tbps synth` replaces an existing folder only if it made it (a marker file with its
+        parameters): a changed synth_ids/synth_seed regenerates the folder in place, while a
+        `raw:` pointing at any other non-empty folder (a real download) stops with a message.
+        """
+        output:
+            annotation=synthetic_annotation(),
+        log:
+            "logs/synth/synthetic.log",
+        benchmark:
+            "logs/benchmarks/synth/synthetic.tsv"
+        conda:
+            "../../envs/tbps.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            raw=get_output_folder,
+            fmt=dataset_format(SYNTHETIC),
+            ids=get_synth_option("synth_ids"),
+            seed=get_synth_option("synth_seed"),
+        shell:
+            "python -m tbps synth --format {params.fmt:q} --out {params.raw:q}"
+            " --ids {params.ids:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule prepare:
     """Parse the raw annotations strictly into one Parquet row per (image, caption)."""
     input:
-        annotation=raw_annotation,
+        annotation=get_raw_annotation,
     output:
         table="results/{dataset}/prepared/annotations.parquet",
         rejects="results/{dataset}/prepared/rejects.parquet",
         summary="results/{dataset}/prepared/summary.json",
-    params:
-        raw=lambda wc: raw_dir(wc.dataset),
     log:
         "logs/prepare/{dataset}.log",
     benchmark:
@@ -49,6 +50,9 @@ rule prepare:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        raw=get_raw_dir,
     shell:
-        "python -m tbps prepare --dataset {wildcards.dataset} --raw {params.raw} --out {output.table}"
-        " --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"
+        "python -m tbps prepare --dataset {wildcards.dataset:q} --raw {params.raw:q}"
+        " --out {output.table:q} --rejects {output.rejects:q} --summary {output.summary:q}"
+        " > {log:q} 2>&1"
