@@ -196,6 +196,8 @@ class RunCheckpoints:
     scaler: torch.amp.GradScaler
     device: torch.device
     is_main: bool
+    train_data_sha256: str
+    """sha256 of the train manifest: a resumed run must read the same shards."""
 
     def restore(self) -> RunState:
         """Continue from ``last.pt`` (weights, optimiser, RNG streams, logs), or start over without it."""
@@ -205,6 +207,12 @@ class RunCheckpoints:
             # A changed experiment reruns training (Snakemake's params/input triggers): start over
             # rather than continue a run of another configuration. The old checkpoint is replaced.
             log.warning("%s was made with another configuration: starting from scratch", last)
+            state = None
+        elif state is not None and state.get("train_data_sha256") != self.train_data_sha256:
+            # Rebuilt training shards (e.g. another caption augmentation) rerun training with an
+            # unchanged experiment: continuing the old run would keep the old data's weights.
+            log.warning("%s was trained on other shards than %s: starting from scratch", last,
+                        self.train_data_sha256[:12])
             state = None
         if state is None:
             log.info("no usable checkpoint at %s: starting from scratch", last)
@@ -227,7 +235,8 @@ class RunCheckpoints:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": run.epoch, "next_batch": run.next_batch,
             "global_step": run.global_step, "rng": checkpoint.rng_state(self.device), "config": self.cfg.to_dict(),
-            "resume_sha256": self.cfg.resume_sha256(), "log_rows": run.log_rows, "val_rows": run.val_rows,
+            "resume_sha256": self.cfg.resume_sha256(), "train_data_sha256": self.train_data_sha256,
+            "log_rows": run.log_rows, "val_rows": run.val_rows,
             "environment": provenance.environment(),
         })
         if run.log_rows:
@@ -309,7 +318,8 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
     lr_at = lr_schedule(cfg, steps)
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    checkpoints = RunCheckpoints(paths, cfg, model, optimizer, scaler, dev, is_main=dist.is_main)
+    checkpoints = RunCheckpoints(paths, cfg, model, optimizer, scaler, dev, is_main=dist.is_main,
+                                 train_data_sha256=sha256_file(train_manifest))
     run = checkpoints.restore() if resume else RunState()
 
     if dist.is_main:

@@ -1,6 +1,7 @@
 """Training stage: every loss term runs, resume is exact, DDP and gradient caching match one big batch."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 
 from tbps import checkpoint
 from tbps.config import load_experiment
+from tbps.fileio import sha256_file
 from tbps.model import load_trained_model
 from tbps.train import VAL_CURVE_SCHEMA, train
 
@@ -96,6 +98,29 @@ def test_changed_configuration_starts_over_instead_of_resuming(synthetic_shards,
     fresh = train(changed, shards, tmp_path / "fresh")
     resumed = train(changed, shards, tmp_path, resume=True)
     assert_same_weights(weights(resumed), weights(fresh))
+
+
+def test_rebuilt_training_shards_start_over_instead_of_resuming(synthetic_shards, tmp_path, caplog):
+    """The workflow reruns training when the train shards change (e.g. another caption
+    augmentation) with the experiment unchanged: the finished last.pt must not be continued."""
+    cfg = experiment("tiny_tbps_clip_simplified", data={"few_shot_fraction": 0.2}, optim={"epochs": 1})
+    first = train(cfg, synthetic_shards["train"], tmp_path / "run")
+    steps = checkpoint.load(first)["global_step"]
+    first_log = pl.read_parquet(tmp_path / "run" / "train_log.parquet")
+    # Same samples, another manifest (as after a rebuild that changed the shards' bytes).
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(synthetic_shards["train"].parent, rebuilt)
+    manifest = rebuilt / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")
+    with caplog.at_level("WARNING", logger="tbps.train"):
+        again = train(cfg, manifest, tmp_path / "run", resume=True)
+    assert "trained on other shards" in caplog.text
+    assert checkpoint.load(again)["global_step"] == steps
+    log = pl.read_parquet(tmp_path / "run" / "train_log.parquet")
+    assert log["global_step"].to_list() == list(range(1, steps + 1))
+    # Every step ran again (fresh timings), instead of the old log being carried over.
+    assert (log["samples_per_s"] != first_log["samples_per_s"]).all()
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["train_data_sha256"] == sha256_file(manifest)
 
 
 def test_sigkill_mid_epoch_then_resume(synthetic_shards, tmp_path):
