@@ -38,9 +38,23 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) payload: about the size torch.save will write."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with torch.save to a temp file and rename it into place."""
-    with atomic_path(path, suffix=".pt") as tmp:
+    """Write ``payload`` with torch.save to a temp file and rename it into place.
+
+    A full disk is reported as such (torch itself says "basic_ios::clear: iostream error").
+    """
+    with atomic_path(path, suffix=".pt", expected_bytes=tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
 
 
