@@ -3,8 +3,9 @@
 Structural problems in the annotation file are fatal (:mod:`tbps.ingest.formats`).
 Problems with the data it points to are counted skips: a missing or unreadable
 image, or one whose symbolic link leads outside the raw folder
-(:mod:`tbps.ingest.image_files`), rejects its record; an empty caption is
-dropped; and an image left with no caption is rejected. Every skip is a row of the rejects table, and the
+(:mod:`tbps.ingest.image_files`), rejects its record; an empty caption, or one
+that caption cleaning empties (only punctuation), is dropped; and an image left
+with no caption is rejected. Every skip is a row of the rejects table, and the
 summary proves accepted + rejected = input for images and for captions.
 """
 
@@ -21,6 +22,7 @@ from typing import NamedTuple
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from tbps.data.captions import clean_caption
 from tbps.datasets import DatasetInfo
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
@@ -51,8 +53,10 @@ DEFAULT_MAX_REJECT_FRACTION = 0.01
 MISSING_IMAGE = MISSING
 UNREADABLE_IMAGE = UNREADABLE
 EMPTY_CAPTION = "empty_caption"
+EMPTY_AFTER_CLEANING = "empty_after_cleaning"
+"""Only characters that caption cleaning removes (e.g. "..."): it would be an empty query."""
 NO_CAPTIONS = "no_captions"
-REJECT_REASONS = (MISSING_IMAGE, OUTSIDE_RAW_ROOT, UNREADABLE_IMAGE, EMPTY_CAPTION, NO_CAPTIONS)
+REJECT_REASONS = (MISSING_IMAGE, OUTSIDE_RAW_ROOT, UNREADABLE_IMAGE, EMPTY_CAPTION, EMPTY_AFTER_CLEANING, NO_CAPTIONS)
 
 ANNOTATION_SCHEMA = pa.schema(
     [
@@ -171,6 +175,19 @@ class Screening:
             )
 
 
+def caption_problem(caption: str) -> str | None:
+    """Why a caption cannot be used (a reject reason), or None.
+
+    A caption that cleaning (:func:`tbps.data.captions.clean_caption`, what training and
+    evaluation apply) turns into nothing, e.g. "..." or "!!", would be an empty query.
+    """
+    if not caption.strip():
+        return EMPTY_CAPTION
+    if not clean_caption(caption):
+        return EMPTY_AFTER_CLEANING
+    return None
+
+
 def screen_records(records: Iterable[ImageRecord], raw_dir: Path, total: int | None = None) -> Screening:
     """Read every image header and drop what cannot be used, recording why."""
     result = Screening()
@@ -189,20 +206,21 @@ def screen_records(records: Iterable[ImageRecord], raw_dir: Path, total: int | N
             continue
         kept = []
         for j, caption in enumerate(record.captions):
-            if caption.strip():
+            reason = caption_problem(caption)
+            if reason is None:
                 kept.append(j)
             else:
                 result.rejects.append(
-                    Reject(record.index, j, EMPTY_CAPTION, f"{record.image_path}: caption {j} is {caption!r}")
+                    Reject(record.index, j, reason, f"{record.image_path}: caption {j} is {caption!r}")
                 )
-                result.captions_rejected[EMPTY_CAPTION] += 1
+                result.captions_rejected[reason] += 1
         if not kept:
             result.rejects.append(
                 Reject(
                     record.index,
                     None,
                     NO_CAPTIONS,
-                    f"{record.image_path}: no non-empty caption among {len(record.captions)}",
+                    f"{record.image_path}: no usable caption among {len(record.captions)}",
                 )
             )
             result.images_rejected[NO_CAPTIONS] += 1
@@ -480,10 +498,11 @@ def check_raw(dataset: str, raw: str | os.PathLike) -> int:
         elif not outside:
             print(f"  ok       all {len(records)} referenced images exist under {IMAGES_DIR}/")
 
-    empty = sum(not c.strip() for r in records for c in r.captions)
-    if empty:
+    empty = Counter(caption_problem(c) for r in records for c in r.captions)
+    if empty[EMPTY_CAPTION] or empty[EMPTY_AFTER_CLEANING]:
         print(
-            f"  note     {empty} empty captions (tbps prepare drops them and lists them in the rejects table)"
+            f"  note     {empty[EMPTY_CAPTION]} empty captions and {empty[EMPTY_AFTER_CLEANING]} with nothing left "
+            "after cleaning (only punctuation); tbps prepare drops them and lists them in the rejects table"
         )
 
     counts = split_counts(((r.split, r.person_id, len(r.captions)) for r in records), info.splits)
