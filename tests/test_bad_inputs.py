@@ -417,7 +417,8 @@ def good_records() -> list[dict]:
     (lambda t: t.replace('"a second caption"]', 'Infinity]', 1), "record 0: 'captions'[1] is a number (Infinity)"),
     (lambda t: t.replace('"a second caption"]', '"bad \\ud800"]', 1), "record 0: 'captions'[1] contains a lone surrogate"),
     (lambda t: t.replace('"0.jpg"', '"\\udcff.jpg"'), "record 0: 'file_path' contains a lone surrogate"),
-])
+], ids=["id beyond int64", "id of 5000 digits", "NaN id", "1e999 id", "Infinity caption", "surrogate in caption",
+        "surrogate in path"])
 def test_json_python_accepts_but_tables_cannot_hold_is_a_per_record_error(edit, expected, tmp_path, capsys):
     raw = raw_folder(tmp_path, edit(json.dumps(good_records())))
     for stage, args in (("prepare", ["--out", tmp_path / "a.parquet"]), ("check-raw", [])):
