@@ -129,6 +129,12 @@ def validate_values(df: pl.DataFrame, path: Path, non_null: Sequence[str], fix: 
     bad = _first_bad(df, pl.col("epoch") < 0)
     if bad is not None:
         raise input_error(path, f"column epoch = {df['epoch'][bad]} is negative", fix, record=bad)
+    # Only zero-shot rows describe a model trained for 0 epochs; anything else is an untrained model.
+    trained = pl.col("selection") != "zero-shot" if "selection" in df.columns else pl.lit(True)
+    bad = _first_bad(df, trained & (pl.col("epoch") < 1))
+    if bad is not None:
+        raise input_error(path, f"row with epoch {df['epoch'][bad]}: an untrained model is not a result", fix,
+                          record=bad)
 
 
 def parse_experiment(name: str, *, where: Path | str) -> tuple[str, str | None]:

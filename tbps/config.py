@@ -306,7 +306,8 @@ def _check_allowed(value, rule: Allowed | None, where: str) -> None:
     items = value if isinstance(value, (tuple, list)) and rule.choices is None else (value,)
     for item in items:
         if not rule.accepts(item):
-            raise UserInputError(f"{where}: {value!r} is not allowed. Fix: use a value {rule.describe()}")
+            wanted = rule.describe() if rule.choices is not None else f"a value {rule.describe()}"
+            raise UserInputError(f"{where}: {value!r} is not allowed. Fix: use {wanted}")
 
 
 def check_allowed(cfg) -> None:
@@ -328,18 +329,58 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict, where: str = "overri
     return _build(ExperimentConfig, overrides, where, base=cfg)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML (no Python objects) that also refuses a key given twice in one mapping, which
+    plain YAML loading resolves silently by dropping the first value."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def load_yaml(text: str):
+    """Parse YAML safely (see :class:`_StrictLoader`); errors are ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_dotted(pairs: list[str]) -> dict:
     """``["optim.lr=1e-3", "train.max_steps=10"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UserInputError(f"override {pair!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+            raise UserInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
         key, raw = pair.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise UserInputError(f"--set {pair!r}: the key {key!r} has an empty part. "
+                                 "Fix: write SECTION.SETTING=VALUE, e.g. --set optim.lr=1e-3")
+        try:
+            value = load_yaml(raw)
+        except yaml.YAMLError as e:
+            problem = " ".join(str(e).split())
+            raise UserInputError(f"--set {pair!r}: the value {raw!r} is not valid YAML ({problem}). "
+                                 "Fix: quote it or correct it, e.g. --set optim.lr=1e-3") from None
         node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserInputError(f"--set {pair!r}: {'.'.join(parts[:depth + 1])} was already set to a value, "
+                                     "not a section. Fix: set it either as a whole or setting by setting")
+        if isinstance(node.get(parts[-1]), dict):
+            raise UserInputError(f"--set {pair!r}: {key} already has settings from another --set. "
+                                 "Fix: set it either as a whole or setting by setting")
+        node[parts[-1]] = value
     return out
 
 
@@ -351,14 +392,20 @@ def _experiment_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Pat
     if not path.is_file():
         raise UserInputError(f"{path}: experiment file not found. Fix: pick one of config/experiments/*.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}). "
+                             "Fix: save the experiment file as UTF-8") from None
     except yaml.YAMLError as e:
-        raise UserInputError(f"{path}: not valid YAML ({e}). Fix: correct the syntax") from e
+        raise UserInputError(f"{path}: not valid YAML ({e}). Fix: correct the syntax") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: top level must be a mapping of config sections")
     parents = data.pop("inherit", None) or []
     if isinstance(parents, str):
         parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise UserInputError(f"{path}: 'inherit' is {parents!r}. Fix: give an experiment name or a list of names "
+                             "(files next to this one, without .yaml)")
     chain: list[tuple[Path, dict]] = []
     for parent in parents:
         chain += _experiment_chain(path.parent / f"{parent}.yaml", (*seen, path))

@@ -336,23 +336,22 @@ def read_examples(path: Path) -> pl.DataFrame:
 
 
 def _load_image(raw: Path, rel: str, source: Path, record: int):
-    from PIL import Image, UnidentifiedImageError
+    from tbps.image_decode import ImageDecodeError, decode_image
+    from tbps.ingest.image_files import OUTSIDE_RAW_ROOT, RefusedImagePath, raw_image_file
 
-    path = (raw / rel).resolve()
-    if not path.is_relative_to(raw.resolve()):
-        raise input_error(source, f"image_path {rel!r} points outside the raw folder", "rerun `tbps evaluate`",
-                          record=record)
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((96, 192))  # person crops are tall; the page shows them small
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise input_error(source, f"image {rel} is not in {raw}",
+        im = decode_image(raw_image_file(raw, rel).read_bytes())
+    except RefusedImagePath as refused:
+        if refused.reason == OUTSIDE_RAW_ROOT:
+            raise input_error(source, f"image_path {rel!r} {refused.detail}", "rerun `tbps evaluate`",
+                              record=record) from None
+        raise input_error(source, f"image {rel} is not in {raw} ({refused.detail})",
                           "pass --raw the raw dataset folder the shards were built from", record=record) from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (ImageDecodeError, OSError) as e:
         raise input_error(source, f"image {rel} cannot be decoded ({e})", "check the raw dataset",
                           record=record) from None
+    im.thumbnail((96, 192))  # person crops are tall; the page shows them small
+    return np.asarray(im)
 
 
 def _select_queries(df: pl.DataFrame, per_kind: int) -> list[tuple[str, int]]:

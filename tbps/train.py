@@ -201,8 +201,13 @@ class RunCheckpoints:
 
     def restore(self) -> RunState:
         """Continue from ``last.pt`` (weights, optimiser, RNG streams, logs), or start over without it."""
+        from tbps.model import load_checkpoint_weights
+
         last = self.paths.last
-        state = checkpoint.load(last, map_location=self.device) if last.is_file() else None
+        state = checkpoint.load_checked(
+            last, checkpoint.RESUME_FIELDS, "a resumable checkpoint (checkpoints/last.pt of `tbps train`)",
+            "it is not the run's own checkpoint: move it away (the run then starts from scratch), or give "
+            "another --out", map_location=self.device) if last.is_file() else None
         if state is not None and state["resume_sha256"] != self.cfg.resume_sha256():
             # A changed experiment reruns training (Snakemake's params/input triggers): start over
             # rather than continue a run of another configuration. The old checkpoint is replaced.
@@ -217,12 +222,22 @@ class RunCheckpoints:
         if state is None:
             log.info("no usable checkpoint at %s: starting from scratch", last)
             return RunState()
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        run = RunState(state["epoch"], state["next_batch"], state["global_step"], list(state["log_rows"]),
-                       list(state["val_rows"]))
-        checkpoint.set_rng_state(state["rng"], self.device)
+        bad = checkpoint.non_finite_weights(state["model"])
+        if bad:
+            raise UserInputError(
+                f"{last}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]!r}): the run had "
+                "diverged when it was saved. Fix: delete it and train again with a lower optim.lr")
+        load_checkpoint_weights(self.model, state["model"], source=last)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            run = RunState(int(state["epoch"]), int(state["next_batch"]), int(state["global_step"]),
+                           list(state["log_rows"]), list(state["val_rows"]))
+            checkpoint.set_rng_state(state["rng"], self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise UserInputError(
+                f"{last}: its optimiser, scaler or random-number state does not fit this run "
+                f"({type(e).__name__}: {str(e)[:200]}). Fix: move it away to start the run from scratch") from e
         log.info("resumed from %s at epoch %d, batch %d (step %d)", last, run.epoch + 1, run.next_batch,
                  run.global_step)
         return run
@@ -289,7 +304,8 @@ def log_step(run: RunState, terms: dict, *, epoch: int, step_in_epoch: int, lr: 
     row.update({f"loss_{k}": float(all_reduce_mean(v)) for k, v in terms.items()})
     run.log_rows.append(row)
     if not math.isfinite(row["loss_total"]):
-        raise RuntimeError(f"loss became {row['loss_total']} at step {run.global_step}; lower optim.lr")
+        raise UserInputError(f"training diverged: the loss became {row['loss_total']} at step {run.global_step}. "
+                             "Fix: lower optim.lr (or warm up longer, optim.warmup_epochs)")
     return row
 
 

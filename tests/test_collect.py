@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from tbps.cli import main
-from tbps.collect import OUTPUT_SCHEMA, collect, collect_frame, parse_experiment, summary_table
+from tbps.collect import (
+    OUTPUT_SCHEMA,
+    collect,
+    collect_frame,
+    load_eval_metrics,
+    parse_experiment,
+    summary_table,
+)
 from tbps.config import ExperimentConfig
 from tbps.errors import UserInputError
 from tbps.provenance import FIELDS
@@ -239,3 +246,11 @@ def test_published_numbers_match_the_spec():
     table = as_frame()
     assert table.height == 5 * 3 + 1 + 6 * 3 + 3
     assert table.filter(pl.struct("method", "dataset").is_duplicated()).height == 0
+
+
+def test_an_untrained_model_is_not_collected_as_a_result(tmp_path):
+    path = write_eval(tmp_path, "synthetic", "tiny_tbps_clip", epoch=0)
+    with pytest.raises(UserInputError, match="row with epoch 0: an untrained model is not a result"):
+        load_eval_metrics(path)
+    zero_shot = write_eval(tmp_path, "synthetic", "zero_shot", epoch=0, selection="zero-shot")
+    assert load_eval_metrics(zero_shot)["epoch"].to_list() == [0, 0]

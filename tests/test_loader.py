@@ -1,6 +1,8 @@
 """Training data path: the batch sampler's arithmetic, per-pair seeds, safe shard indexing."""
 
 import io
+import json
+import logging
 import pickle
 import shutil
 import tarfile
@@ -12,6 +14,7 @@ import torch
 from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table, sample_seed
 from tbps.data.transforms import train_pool_transform
 from tbps.errors import UserInputError
+from tbps.fileio import sha256_file
 from tbps.shards.index import ShardIndex
 
 
@@ -42,7 +45,7 @@ def test_batch_must_divide_over_processes():
         EpochBatchSampler(100, 10, seed=0, epoch=0, world_size=3)
 
 
-def test_index_reads_every_pair_and_ignores_planted_pickles(synthetic_shards, tmp_path, monkeypatch):
+def test_index_reads_every_pair_and_ignores_planted_pickles(synthetic_shards, tmp_path, caplog):
     manifest = synthetic_shards["train"]
     index = ShardIndex.from_manifest(manifest)
     pairs = pair_table(index)
@@ -64,8 +67,14 @@ def test_index_reads_every_pair_and_ignores_planted_pickles(synthetic_shards, tm
         info = tarfile.TarInfo("evil-00000000.pyd")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    planted = ShardIndex.from_manifest(copy / "manifest.json")
-    assert planted.ignored_members == 1 and len(planted.samples) == len(index.samples)
+    # The manifest vouches for the planted shard (as a crafted manifest would).
+    manifest_data = json.loads((copy / "manifest.json").read_text())
+    manifest_data["shards"][0].update(bytes=first.stat().st_size, sha256=sha256_file(first))
+    (copy / "manifest.json").write_text(json.dumps(manifest_data))
+    with caplog.at_level(logging.WARNING):
+        planted = ShardIndex.from_manifest(copy / "manifest.json")
+    assert len(planted.samples) == len(index.samples)
+    assert "ignored 1 members of unknown type" in caplog.text
     assert not marker.exists()
 
 

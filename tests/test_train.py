@@ -151,6 +151,8 @@ def test_sigkill_mid_epoch_then_resume(synthetic_shards, tmp_path):
     resumed = train(experiment("tiny_tbps_clip_simplified", data={"few_shot_fraction": 0.5}), shards, out,
                     resume=True)
     assert_same_weights(weights(resumed), weights(reference))
+    # A kill during a checkpoint write leaves a hidden temporary; the next write of it removes it.
+    assert not list(out.rglob(".*.tmp"))
 
 
 def _layernorm_model(**extra):

@@ -14,7 +14,6 @@ random access, so:
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterator
 
@@ -26,6 +25,7 @@ from torch.utils.data import Dataset, Sampler
 from tbps.data.captions import clean_caption, random_word_deletion
 from tbps.errors import UserInputError
 from tbps.shards.index import IndexedSample, ShardIndex
+from tbps.shards.reader import shard_image
 
 
 def pair_table(index: ShardIndex, few_shot_fraction: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -105,8 +105,7 @@ class TrainPairs(Dataset):
         if fd is None:  # one descriptor per shard and worker process
             fd = self._files[sample.shard] = os.open(self.index.shard_paths[sample.shard], os.O_RDONLY)
         data = os.pread(fd, sample.image_size, sample.image_offset)
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
+        return shard_image(self.index.shard_paths[sample.shard], sample.key, data)
 
     def caption_text(self, sample: IndexedSample, caption: int, rng: np.random.Generator) -> str:
         text = sample.meta["captions"][caption]

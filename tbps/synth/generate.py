@@ -46,7 +46,7 @@ import numpy as np
 
 from tbps.datasets import FORMATS, info
 from tbps.errors import UserInputError
-from tbps.fileio import write_text_atomic
+from tbps.fileio import remove_stale_temps, temp_prefix, write_text_atomic
 from tbps.progress import progress
 from tbps.synth.captions import CAPTION_STYLES, processed_tokens, write_caption
 from tbps.synth.people import person_attributes
@@ -247,7 +247,7 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     old = None
     if out.is_dir():
         if any(out.iterdir()):
-            old = out.parent / f".{out.name}.synth-old-{os.getpid()}"
+            old = out.parent / f"{temp_prefix(out)}synth-old"
             os.replace(out, old)
         else:
             out.rmdir()
@@ -306,7 +306,8 @@ def generate_dataset(
     dataset = info(fmt)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
+    remove_stale_temps(out)  # folders of killed runs: a kill -9 cannot clean up after itself
+    tmp = out.parent / f"{temp_prefix(out)}synth"
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a crashed run of a process with the same pid
     tmp.mkdir()
