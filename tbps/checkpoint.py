@@ -61,7 +61,7 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 FINAL_FIELDS = ("model", "config", "epochs", "seed")
 """What ``final.pt`` must hold for evaluation and search."""
 RESUME_FIELDS = ("model", "optimizer", "scaler", "epoch", "next_batch", "global_step", "rng", "config",
-                 "resume_sha256", "log_rows", "val_rows")
+                 "resume_sha256", "train_data_sha256", "log_rows", "val_rows")
 """What ``checkpoints/last.pt`` must hold to continue a run."""
 
 OPEN_CLIP_WEIGHTS_FIX = (

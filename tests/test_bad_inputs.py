@@ -308,6 +308,7 @@ def test_foreign_checkpoint_is_refused_by_evaluate_and_search(kind, synthetic_sh
 def test_resume_from_a_foreign_last_pt_is_refused(kind, synthetic_shards, final_pt, tmp_path, capsys):
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
+    manifest, _ = split_of_one_shard(tmp_path, synthetic_shards["train"], 4)
     if kind == "final.pt instead of last.pt":
         shutil.copy(final_pt, last)
         expected = "a resumable checkpoint (checkpoints/last.pt of `tbps train`) also holds 'optimizer'"
@@ -319,11 +320,10 @@ def test_resume_from_a_foreign_last_pt_is_refused(kind, synthetic_shards, final_
         state["model"][name] = torch.full_like(state["model"][name], float("inf"))
         cfg = load_experiment(TINY, parse_dotted(["data.batch_size=4", "optim.epochs=1"]))
         fake = {f: 0 for f in checkpoint.RESUME_FIELDS}
-        torch.save({**fake, "model": state["model"], "config": cfg.to_dict(), "resume_sha256": cfg.resume_sha256()},
-                   last)
+        torch.save({**fake, "model": state["model"], "config": cfg.to_dict(), "resume_sha256": cfg.resume_sha256(),
+                    "train_data_sha256": sha256_file(manifest)}, last)
         expected = "hold NaN or infinite values"
     before = last.read_bytes()
-    manifest, _ = split_of_one_shard(tmp_path, synthetic_shards["train"], 4)
     code, err = cli(capsys, "train", "--experiment", TINY, "--train", manifest, "--out", tmp_path / "run",
                     "--set", "data.batch_size=4", "--set", "optim.epochs=1", "--resume", "--device", "cpu")
     message = error_line(err, "train")
