@@ -180,17 +180,20 @@ def test_missing_experiment_file_stops_with_instructions(workdir):
 
 def test_workflow_runs_as_a_snakemake_module(tmp_path):
     """A project that uses the checkout as a module, its presets beside it (README)."""
-    (tmp_path / "tbps").mkdir()
+    # Not a folder named `tbps` beside the project's Snakefile: Snakemake puts that folder on
+    # sys.path, where it would shadow the installed package (README says so).
+    module_dir = tmp_path / "workflows" / "tbps"
+    module_dir.mkdir(parents=True)
     for name in CHECKOUT_FILES:
         source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp_path / "tbps" / name)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, module_dir / name)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["experiments_dir"] = "tbps/config/experiments"
+    cfg["experiments_dir"] = "workflows/tbps/config/experiments"
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "Snakefile").write_text(
         'configfile: "config/config.yaml"\n\n\n'
-        'module tbps:\n    snakefile:\n        "tbps/Snakefile"\n    config:\n        config\n\n\n'
+        'module tbps:\n    snakefile:\n        "workflows/tbps/Snakefile"\n    config:\n        config\n\n\n'
         "use rule * from tbps\n"
     )
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "results/synthetic/metrics.parquet"],
@@ -198,4 +201,4 @@ def test_workflow_runs_as_a_snakemake_module(tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     plan = planned_jobs(result.stdout + result.stderr)
     assert {"synth", "prepare", "shard_plan", "train", "collect"} <= set(plan)
-    assert "input: tbps/config/experiments/tiny_tbps_clip_simplified.yaml" in result.stdout
+    assert "input: workflows/tbps/config/experiments/tiny_tbps_clip_simplified.yaml" in result.stdout
