@@ -137,11 +137,37 @@ class DataConfig:
     backtranslation_prob: float = _ranged(0.1, **PROBABILITY)
     """Probability of replacing a training caption by its back-translation."""
     word_deletion_prob: float = _ranged(0.05, **PROBABILITY)
-    """Per-word Bernoulli deletion probability for training captions."""
+    """Per-word Bernoulli deletion probability for training captions (RD; the recipe's last text op)."""
+    synonym_replacement_alpha: float = _ranged(0.0, **PROBABILITY)
+    """SR (paper Table 3, not in the recipe): replace n = max(1, int(alpha*L)) randomly chosen word units
+    (L = words in the caption) by a synonym each; 0 = off (docs/method.md#text-augmentation-ablation)."""
+    random_insertion_alpha: float = _ranged(0.0, **PROBABILITY)
+    """RI (paper Table 3): n = max(1, int(alpha*L)) times, insert a synonym of a random word unit at a
+    random position; 0 = off."""
+    random_swap_alpha: float = _ranged(0.0, **PROBABILITY)
+    """RS (paper Table 3): n = max(1, int(alpha*L)) times, swap two random word units; 0 = off."""
+    eda_alpha: float = _ranged(0.0, **PROBABILITY)
+    """EDA (paper Table 3): per caption, one of SR, RI, RS (n = max(1, int(alpha*L))) and unit-level
+    Bernoulli deletion (p = alpha), chosen uniformly; 0 = off."""
+    synonym_source: str = _ranged("auto", choices=("auto", "wordnet", "table"))
+    """Where SR, RI and EDA draw synonyms: 'wordnet' (NLTK's WordNet through nlpaug; needs nltk and
+    NLTK_DATA with corpora/wordnet), 'table' (the shipped pedestrian synonym table) or 'auto' (WordNet
+    when available, else the table; resolved once per run and saved resolved in the run's config)."""
     max_words: int = _ranged(77, ge=1)
     """Captions are cut to this many words after cleaning."""
     few_shot_fraction: float = _ranged(1.0, gt=0.0, le=1.0)
     """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
+
+    @property
+    def uses_word_ops(self) -> bool:
+        """A word-level augmentation (SR, RI, RS or EDA) is on: training loads spaCy."""
+        return any(a > 0 for a in (self.synonym_replacement_alpha, self.random_insertion_alpha,
+                                   self.random_swap_alpha, self.eda_alpha))
+
+    @property
+    def uses_synonyms(self) -> bool:
+        """SR, RI or EDA is on: the run draws synonyms (from ``synonym_source``)."""
+        return any(a > 0 for a in (self.synonym_replacement_alpha, self.random_insertion_alpha, self.eda_alpha))
 
 
 @dataclass
