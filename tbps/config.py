@@ -88,7 +88,8 @@ class ModelConfig:
     logit_scale_init: float | None = _ranged(None, gt=0.0)
     """Initial logit scale s (theta = ln s) for random-init models; null keeps the checkpoint's value."""
     simclr_head_dim: int = _ranged(128, ge=1)
-    """Hidden width of the SimCLR head (512->128->512 in the recipe); built only when SS-I is on."""
+    """Hidden width of the SimCLR heads (512->128->512 in the recipe); the image head is built only when SS-I
+    is on, the text head (same shape) only when SS-T is on."""
 
 
 @dataclass
@@ -100,9 +101,15 @@ class LossConfig:
     soft_label_ramp_epochs: int = _ranged(1, ge=0)
     """alpha ramps linearly per iteration from 0 over this many epochs (official behaviour)."""
     mvs_i: bool = True
-    """Multi-view image supervision: N-ITC on a second augmented view."""
+    """MVS-I: N-ITC also on (I~, T), I~ a second draw of the image augmentation (docs/method.md#mvs)."""
+    mvs_t: bool = False
+    """MVS-T (paper Table 5, not in the recipe): N-ITC also on (I, T~), T~ a second independent draw of
+    the caption augmentation (docs/method.md#mvs, D20)."""
+    mvs_it: bool = False
+    """MVS-IT (paper Table 5, not in the recipe): N-ITC also on (I~, T~) (docs/method.md#mvs, D20)."""
     mvs_mode: str = _ranged("average", choices=("average", "add"))
-    """'average' = 1/2[N-ITC(V,T)+N-ITC(V~,T)] (official) or 'add' = N-ITC(V,T)+N-ITC(V~,T) (paper)."""
+    """How the N-ITC terms of the views combine: 'average' = their mean, so MVS-I alone is
+    1/2[N-ITC(V,T)+N-ITC(V~,T)] (official), or 'add' = their sum (the paper's wording)."""
     r_itc_weight: float = _ranged(1.0, ge=0.0)
     """Weight of the reversed-KL R-ITC term; 0 disables it."""
     r_itc_eps: float = _ranged(1e-2, gt=0.0)
@@ -115,13 +122,39 @@ class LossConfig:
     """Weight of the SimCLR image self-supervision loss SS-I; 0 disables it (and the head)."""
     ss_i_temperature: float = _ranged(0.1, gt=0.0)
     """NT-Xent temperature of SS-I."""
+    ss_t_weight: float = _ranged(0.0, ge=0.0)
+    """Weight of the text self-supervision loss SS-T (paper Table 5, not in the recipe; 0.4 like SS-I
+    when studied): NT-Xent on two independent draws of the caption augmentation through a text SimCLR
+    head (docs/method.md#ss, D19). 0 disables it (and the text head). SS-IT = SS-I and SS-T both on."""
+    ss_t_temperature: float = _ranged(0.1, gt=0.0)
+    """NT-Xent temperature of SS-T."""
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
+    emulated_processes: int = _ranged(1, ge=1)
+    """With global_grad false on ONE process: compute the loss as this many data-parallel processes
+    without GlobalGrad would (each virtual rank's rows against all columns, only its own slice
+    carrying gradient; the ranks' losses averaged). The paper's non-GlobalGrad rows ran on 4 GPUs
+    (docs/method.md#globalgrad). 1 = off; needs global_grad false and a batch divisible by it."""
 
     @property
     def uses_ss_i(self) -> bool:
         """SS-I is on: training builds the SimCLR head and its two augmented views."""
         return self.ss_i_weight > 0
+
+    @property
+    def uses_ss_t(self) -> bool:
+        """SS-T is on: training builds the text SimCLR head and two more caption views."""
+        return self.ss_t_weight > 0
+
+    @property
+    def uses_image_mvs(self) -> bool:
+        """A second image view I~ is needed (MVS-I or MVS-IT)."""
+        return self.mvs_i or self.mvs_it
+
+    @property
+    def uses_text_mvs(self) -> bool:
+        """A second caption view T~ is needed (MVS-T or MVS-IT)."""
+        return self.mvs_t or self.mvs_it
 
 
 @dataclass

@@ -30,14 +30,14 @@ class TrainedModel:
 def load_trained_model(checkpoint_path: str | os.PathLike, device: torch.device) -> TrainedModel:
     """Rebuild the checkpoint's model from its saved configuration and load every weight.
 
-    Inference never uses the SimCLR head (a training-only branch of SS-I), so it is neither
-    built nor loaded; any other missing or unexpected weight is an error.
+    Inference never uses the SimCLR heads (training-only branches of SS-I and SS-T), so they are
+    neither built nor loaded; any other missing or unexpected weight is an error.
     """
     state = checkpoint.load(checkpoint_path, map_location="cpu")
     cfg = config_from_dict(state["config"])
     cfg.model.pretrained = None
     bundle = build_model(cfg.model, with_simclr_head=False)
     load_checkpoint_weights(bundle.model, state["model"], source=str(checkpoint_path),
-                            ignore_prefixes=("simclr_head.",))
+                            ignore_prefixes=("simclr_head.", "text_simclr_head."))
     return TrainedModel(bundle.model.to(device).eval(), bundle.tokenizer, cfg, int(state["epochs"]),
                         int(state["seed"]))
