@@ -25,7 +25,7 @@ def eval_table(dataset: str, experiment: str, r1: float = 70.0, **overrides) -> 
     for direction in ("t2i", "i2t"):
         row = {"dataset": dataset, "experiment": experiment, "split": "test", "direction": direction, "epoch": 5,
                "selection": "last", **METRIC_VALUES, "R1": r1, "num_queries": 100, "num_gallery": 50, "seed": 1,
-               "config_sha256": "c" * 64, "data_sha256": "d" * 64, **ENVIRONMENT,
+               "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none", **ENVIRONMENT,
                "checkpoint": f"results/{dataset}/{experiment}/train/final.pt",
                "created_at": "2024-01-01T00:00:00+00:00"}
         row.update(overrides)
@@ -97,6 +97,7 @@ def test_val_curves_are_added_from_train_folders(tmp_path, caplog):
     # Provenance the curve itself lacks comes from training's config.yaml; the rest stays null.
     assert set(val["config_sha256"]) == {ExperimentConfig().sha256()}
     assert set(val["seed"]) == {ExperimentConfig().train.seed}
+    assert set(val["synonym_source"]) == {"none"}  # the recipe draws no synonyms
     assert val["num_gallery"].null_count() == val.height
     assert "clip_baseline/train: no val_curve.parquet" in caplog.text
     # The test rows come first, then the val curve (split order), each sorted by direction and epoch.
