@@ -42,20 +42,20 @@ class _StubWordNet:
 
     def predict(self, word, pos=None):
         self.asked.append(word)
-        return {"walking": ["walking", "walk", "Red", "pedestrian_walk", "x-ray2"],
+        return {"walking": ["walking", "walk", "red", "pedestrian_walk", "x-ray2", "Walking_Stick"],
                 "carrying": ["carrying", "transport", "trousers"]}.get(word, [])
 
 
 def test_wordnet_source_never_changes_an_identity_word():
     lookup = SynonymLookup("wordnet")
     stub = lookup.__dict__["_wordnet"] = _StubWordNet()
-    # WordNet lemmas, minus identity words ('red', 'trousers') and non-words; '_' is a space.
+    # WordNet lemmas, minus identity words ('red', 'trousers'), non-words and proper nouns; '_' is a space.
     assert lookup("walking") == ("pedestrian walk", "walk")
     assert lookup("carrying") == ("transport",)
     # Identity words take the table's synonyms or none, without asking WordNet; stop-words none.
     assert lookup("pants") == ("trousers",)
     assert lookup("black") == () and lookup("coat") == () and lookup("woman") == ("lady",)
-    assert lookup("the") == () and lookup("man's") == ()
+    assert lookup("the") == () and lookup("man's") == () and lookup("hair") == ()
     assert stub.asked == ["walking", "carrying"]
     assert {"black", "coat", "woman", "girl", "baseball cap", "navy blue", "t-shirt", "backpack"} <= identity_words()
 
@@ -99,7 +99,7 @@ def test_wordnet_through_nlpaug_on_a_tiny_wordnet_folder(tiny_wordnet):
     lookup = SynonymLookup("wordnet")
     assert lookup("walk") == ("stride", "stroll")
     assert lookup("street") == ("road",)  # 'red' is an identity word: never offered
-    assert lookup("young") == ("youthful",)  # and 'black' neither
+    assert lookup("young") == ("youthful",)  # neither 'black' nor the proper noun 'Brigham Young'
     assert lookup("carry") == ("hold up", "transport")
     assert lookup("coat") == ()  # an identity word outside the table: WordNet is not asked
     assert lookup("baseball cap") == ("ball cap",)  # the table's, not WordNet's

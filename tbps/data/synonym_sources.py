@@ -11,7 +11,8 @@ Two sources (``data.synonym_source``, docs/method.md D21):
   WordNet turns "black" into "inkiness" and "cap" into "cake", so its candidates are restricted:
   identity words (colours, garments, bags, shoes, hats, hair, person nouns: the words of the
   table's groups and of the synthetic vocabulary) take synonyms from the table only, and WordNet
-  never offers an identity word as the synonym of another word.
+  never offers an identity word as the synonym of another word. Proper nouns (capitalised lemmas:
+  "young" -> "Brigham Young") are never offered either.
 
 Both skip stop-words (spaCy's English list), as EDA's reference does. ``auto`` resolves once per run
 (:func:`resolve_synonym_source`): WordNet when available, else the table. Nothing here imports spaCy,
@@ -33,9 +34,11 @@ NONE = "none"
 # Categories of the table whose words describe the person; 'generic' words (big/large, photo/picture)
 # are ordinary words.
 _IDENTITY_CATEGORIES = ("colour", "pattern", "garment", "footwear", "bag", "accessory", "hair", "person")
-# Person nouns the synthetic captions use beyond the table's groups.
-_PERSON_WORDS = ("male", "female", "girl", "boy", "person", "pedestrian", "young man", "young woman")
-_WORDNET_LEMMA = re.compile(r"[a-z]+(?:[- ][a-z]+)*")
+# Person nouns the synthetic captions use beyond the table's groups, and the noun every hair
+# description hangs on (untagged WordNet offers "tomentum" and "pilus" for it).
+_PERSON_WORDS = ("male", "female", "girl", "boy", "person", "pedestrian", "young man", "young woman", "hair")
+# A usable WordNet lemma: lowercase words (capitalised lemmas are proper nouns: "Brigham_Young").
+_WORDNET_LEMMA = re.compile(r"[a-z]+(?:[-_ ][a-z]+)*")
 _HYPHEN_SPACING = re.compile(r"\s*-\s*")
 _SPACES = re.compile(r"\s+")
 
@@ -153,7 +156,7 @@ class SynonymLookup:
             return tuple(sorted(entry for entry in group if entry != key))
         if self.source == "table" or key in self._identity or not _WORDNET_LEMMA.fullmatch(key):
             return ()
-        lemmas = {name.replace("_", " ").lower() for name in self._wordnet.predict(key.replace(" ", "_"))}
-        return tuple(sorted(lemma for lemma in lemmas
-                            if lemma != key and _WORDNET_LEMMA.fullmatch(lemma) and lemma not in self._identity))
+        lemmas = {name.replace("_", " ") for name in self._wordnet.predict(key.replace(" ", "_"))
+                  if _WORDNET_LEMMA.fullmatch(name)}
+        return tuple(sorted(lemma for lemma in lemmas if lemma != key and lemma not in self._identity))
 

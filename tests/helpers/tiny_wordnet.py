@@ -24,13 +24,14 @@ _HEADER = ("  1 A tiny test database in the format of WordNet 3.0.\n"
            "  2 WordNet 3.0 Copyright 2006 by Princeton University.  All rights reserved.\n")
 
 SYNSETS = {
-    "noun": [["walk", "stroll"], ["coat", "overcoat"], ["street", "road", "red"], ["baseball_cap", "ball_cap"]],
+    "noun": [["walk", "stroll"], ["coat", "overcoat"], ["street", "road", "red"], ["baseball_cap", "ball_cap"],
+             ["young", "Brigham_Young"]],
     "verb": [["walk", "stride"], ["carry", "transport", "hold_up"]],
     "adj": [["young", "youthful", "black"]],
     "adv": [],
 }
-"""Synsets by part of speech. 'red' and 'black' sit in odd synsets on purpose: identity words must
-never be offered as the synonym of another word."""
+"""Synsets by part of speech. 'red', 'black' and 'Brigham_Young' sit in odd synsets on purpose: identity
+words and proper nouns must never be offered as the synonym of another word."""
 
 
 def build_tiny_wordnet(root: Path) -> Path:
