@@ -131,10 +131,11 @@ class LossConfig:
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
     emulated_processes: int = _ranged(1, ge=1)
-    """With global_grad false on ONE process: compute the loss as this many data-parallel processes
-    without GlobalGrad would (each virtual rank's rows against all columns, only its own slice
-    carrying gradient; the ranks' losses averaged). The paper's non-GlobalGrad rows ran on 4 GPUs
-    (docs/method.md#globalgrad). 1 = off; needs global_grad false and a batch divisible by it."""
+    """With global_grad false: compute the loss as this many data-parallel processes without GlobalGrad
+    would, however many real processes run it (each virtual rank's rows against all columns, only its
+    own slice carrying gradient; the ranks' losses averaged). The paper's non-GlobalGrad rows ran on 4
+    GPUs: 4 reproduces them on 1, 2 or 4 (docs/method.md#globalgrad). 1 = off; needs global_grad false,
+    a multiple of the real processes and a batch divisible by it."""
 
     @property
     def uses_ss_i(self) -> bool:

@@ -27,10 +27,11 @@ Every loss in :mod:`tbps.losses` sees the *local* rows of the batch (b = B / P p
 Both gathers are the identity when the job is not distributed (world size 1), so the same loss code
 runs on one device at batch B.
 
-* :func:`emulated_gather_no_grad` reproduces the baseline's gradients on ONE process holding all B
-  rows (``loss.emulated_processes``): for virtual rank r it returns the whole batch with every slice but
-  r's detached, which is what ``gather_no_grad`` returns on real process r. Averaging the virtual
-  ranks' losses then gives the gradient that P real processes without GlobalGrad average by DDP.
+* :func:`emulated_gather_no_grad` reproduces the baseline's gradients with fewer real processes than
+  the P it emulates (``loss.emulated_processes``; e.g. one process holding all B rows): for virtual
+  rank r it returns the gathered batch with every slice but r's detached, which is what
+  ``gather_no_grad`` returns on real process r of P. Averaging the virtual ranks' losses then gives
+  the gradient that P real processes without GlobalGrad average by DDP.
 
 Collective-ordering rule: every process must call the same gathers in the same order, and every
 gathered tensor must receive a gradient on every process (true when the loss code is the same on

@@ -68,7 +68,8 @@ def text_view_keys(loss_cfg: LossConfig) -> tuple[str, ...]:
 
 
 def check_process_emulation(loss_cfg: LossConfig, *, world_size: int, global_batch: int) -> None:
-    """``loss.emulated_processes`` > 1 needs one real process, no GlobalGrad and a divisible batch."""
+    """``loss.emulated_processes`` > 1 needs no GlobalGrad, a multiple of the real processes and a batch
+    divisible by it."""
     processes = loss_cfg.emulated_processes
     if processes == 1:
         return
@@ -78,10 +79,11 @@ def check_process_emulation(loss_cfg: LossConfig, *, world_size: int, global_bat
             "exactly the one-device loss, so there is nothing to emulate. Fix: set loss.global_grad: false "
             "(the paper's non-GlobalGrad rows) or loss.emulated_processes: 1"
         )
-    if world_size > 1:
+    if processes % world_size:
         raise UserInputError(
-            f"loss.emulated_processes={processes} in a run of {world_size} real processes. Fix: emulate on one "
-            "process, or drop loss.emulated_processes and let the real processes run without GlobalGrad"
+            f"loss.emulated_processes={processes} is not a multiple of the {world_size} real processes. Fix: run "
+            f"on a number of processes that divides {processes}, or set loss.emulated_processes to a multiple of "
+            f"{world_size}"
         )
     if global_batch % processes:
         raise UserInputError(
@@ -197,31 +199,46 @@ def step_loss(
     second, no-grad pass (``NOGRAD_NAMES``) used for soft labels when ``alpha > 0``. ``scale`` is the
     clamped logit scale (it carries the gradient to θ).
 
-    With ``loss_cfg.emulated_processes`` = P > 1 (one process, no GlobalGrad) the batch is split into P
-    virtual ranks; each computes this loss on its rows against all columns, where only its own slice
-    carries gradient (:func:`tbps.distributed.emulated_gather_no_grad`), and the total and the logged
-    terms are the mean over the ranks, as P real processes would average them.
+    With ``loss_cfg.emulated_processes`` = P (no GlobalGrad) larger than the W real processes, each
+    process splits its rows into P/W virtual ranks; each computes this loss on its rows against all
+    columns, where only its own slice carries gradient (:func:`tbps.distributed.emulated_gather_no_grad`),
+    and the total and the logged terms are the mean over the virtual ranks. With the processes'
+    gradients averaged, that is what P real processes without GlobalGrad compute, whatever W is.
     """
-    processes = loss_cfg.emulated_processes
-    if processes == 1:
+    world = get_world_size()
+    per_process = loss_cfg.emulated_processes // world
+    if per_process <= 1:
         gather = gather_with_grad if loss_cfg.global_grad else gather_no_grad
         view = _ProcessView(emb, nograd, ids_local, gather_constant(ids_local), rank, local=lambda x: x,
                             gather=gather, gather_nograd=gather_constant)
         return _process_terms(view, scale, loss_cfg, alpha)
 
-    if loss_cfg.global_grad or get_world_size() > 1 or ids_local.shape[0] % processes:
+    if loss_cfg.global_grad or loss_cfg.emulated_processes % world or ids_local.shape[0] % per_process:
         raise ValueError(
-            f"emulating {processes} processes needs global_grad false, one real process and a batch divisible by "
-            f"{processes} (got global_grad={loss_cfg.global_grad}, world size {get_world_size()}, batch "
-            f"{ids_local.shape[0]}); see check_process_emulation"
+            f"emulating {loss_cfg.emulated_processes} processes needs global_grad false, a multiple of the "
+            f"{world} real processes and a local batch divisible by {per_process} (got global_grad="
+            f"{loss_cfg.global_grad}, local batch {ids_local.shape[0]}); see check_process_emulation"
         )
-    b = ids_local.shape[0] // processes
+    b = ids_local.shape[0] // per_process
+    # One all-gather per tensor serves every virtual rank of this process (the baseline gather: the
+    # other real processes' rows are constants), and each virtual rank keeps the gradient of its own
+    # slice only.
+    gathered: dict[int, Tensor] = {}
+
+    def gather_all(x: Tensor) -> Tensor:
+        if id(x) not in gathered:
+            gathered[id(x)] = gather_no_grad(x)
+        return gathered[id(x)]
+
+    ids_all = gather_constant(ids_local)
     totals, logs = [], []
-    for virtual_rank in range(processes):
-        rows = slice(virtual_rank * b, (virtual_rank + 1) * b)
+    for k in range(per_process):
+        virtual_rank = rank * per_process + k
+        rows = slice(k * b, (k + 1) * b)
         view = _ProcessView(
-            emb, nograd, ids_local[rows], ids_local, virtual_rank, local=lambda x, rows=rows: x[rows],
-            gather=lambda x, r=virtual_rank: emulated_gather_no_grad(x, r, b), gather_nograd=torch.Tensor.detach,
+            emb, nograd, ids_local[rows], ids_all, virtual_rank, local=lambda x, rows=rows: x[rows],
+            gather=lambda x, r=virtual_rank: emulated_gather_no_grad(gather_all(x), r, b),
+            gather_nograd=lambda x: gather_all(x).detach(),
         )
         total, logged = _process_terms(view, scale, loss_cfg, alpha)
         totals.append(total)

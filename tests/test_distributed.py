@@ -9,7 +9,7 @@ concatenated B = 8 samples — term by term and in total. The no-grad-gather bas
 The same processes also run tbps.objective.step_loss with every loss variant (MVS-T, MVS-IT, SS-T on
 top of the recipe) with and without GlobalGrad: with it they match one process; without it they
 match one process emulating two (``loss.emulated_processes``), the study's stand-in for the paper's
-non-GlobalGrad rows.
+non-GlobalGrad rows; emulating four, they match one process emulating four.
 """
 
 from __future__ import annotations
@@ -213,9 +213,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             results[f"{label}/loss_mean"] = tdist.all_reduce_mean(results[f"{label}/total/loss"])
 
         # The objective with every loss variant, with and without GlobalGrad, on real processes.
-        for label, global_grad in (("objective_global", True), ("objective_baseline", False)):
-            cfg = dataclasses.replace(OBJECTIVE_LOSS, global_grad=global_grad)
-            for name, tensor in objective_gradients(rows, rank, cfg).items():
+        for label, loss_cfg in (
+            ("objective_global", OBJECTIVE_LOSS),
+            ("objective_baseline", dataclasses.replace(OBJECTIVE_LOSS, global_grad=False)),
+            ("objective_emulating_4", dataclasses.replace(OBJECTIVE_LOSS, global_grad=False, emulated_processes=4)),
+        ):
+            for name, tensor in objective_gradients(rows, rank, loss_cfg).items():
                 results[f"{label}/{name}"] = tensor
 
         # Gather semantics on a bare tensor: slot r's gradient is the SUM over processes of what each
@@ -316,6 +319,19 @@ def test_emulated_processes_give_the_gradients_of_real_processes_without_global_
     for name in ("image.weight", "text.weight", "image_head.0.weight", "text_head.0.weight"):
         diff = (emulated[name] - single[name]).abs().max().item()
         assert diff > 1e-4 * single[name].abs().max().item(), name
+
+
+@pytest.mark.timeout(120)
+def test_emulating_more_processes_than_run_is_the_same_on_one_or_two(ddp_results):
+    """emulated_processes=4 on two real processes (2 virtual ranks each) == on one process (4 virtual ranks)."""
+    four = dataclasses.replace(OBJECTIVE_LOSS, global_grad=False, emulated_processes=4)
+    on_one = objective_gradients(slice(None), 0, four)
+    two = objective_gradients(slice(None), 0, dataclasses.replace(four, emulated_processes=2))
+    for rank, result in enumerate(ddp_results):
+        for name, reference in on_one.items():
+            torch.testing.assert_close(result[f"objective_emulating_4/{name}"], reference, rtol=1e-9, atol=1e-12,
+                                       msg=lambda m, name=name, rank=rank: f"{name} on rank {rank}: {m}")
+    assert (on_one["text.weight"] - two["text.weight"]).abs().max() > 1e-6  # 4 virtual ranks are not 2
 
 
 @pytest.mark.timeout(120)

@@ -560,9 +560,10 @@ def test_emulation_refuses_global_grad_and_uneven_batches(step_inputs):
         check_process_emulation(_variant(emulated_processes=4), world_size=1, global_batch=320)
     with pytest.raises(UserInputError, match="not divisible"):
         check_process_emulation(_variant(global_grad=False, emulated_processes=3), world_size=1, global_batch=320)
-    with pytest.raises(UserInputError, match="real processes"):
-        check_process_emulation(_variant(global_grad=False, emulated_processes=4), world_size=2, global_batch=320)
-    check_process_emulation(_variant(global_grad=False, emulated_processes=4), world_size=1, global_batch=320)
+    with pytest.raises(UserInputError, match="not a multiple of the 3 real processes"):
+        check_process_emulation(_variant(global_grad=False, emulated_processes=4), world_size=3, global_batch=320)
+    for world in (1, 2, 4):
+        check_process_emulation(_variant(global_grad=False, emulated_processes=4), world_size=world, global_batch=320)
 
 
 def test_combine_losses_averages_every_view_present():
