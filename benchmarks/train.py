@@ -60,6 +60,7 @@ from tbps.data.loader import EpochBatchSampler
 from tbps.distributed import DistInfo
 from tbps.fileio import write_json_atomic
 from tbps.model import build_model, param_groups
+from tbps.objective import ENCODERS, NOGRAD_NAMES, embedding_names, text_view_keys
 from tbps.train import (
     autocast_dtype,
     build_training_data,
@@ -197,8 +198,10 @@ def count_flops(fn: Callable[[], torch.Tensor], backward: bool) -> int:
     return counter.get_total_flops()
 
 
-def tower_flops(model, device: torch.device, *, backward: bool, simclr: bool) -> dict[str, dict[str, int]]:
-    """Per-sample FLOPs of each encoder pass (batch 1): ``{"image"|"text"|"simclr": {"fwd", "fwd_bwd"}}``."""
+def tower_flops(model, device: torch.device, *, backward: bool, simclr: bool,
+                text_simclr: bool = False) -> dict[str, dict[str, int]]:
+    """Per-sample FLOPs of each encoder pass (batch 1):
+    ``{"image"|"text"|"simclr"|"text_simclr": {"fwd", "fwd_bwd"}}``."""
     h, w = model.image_size
     image = torch.zeros(1, 3, h, w, device=device)
     tokens = torch.zeros(1, model.context_length, dtype=torch.long, device=device)
@@ -206,6 +209,8 @@ def tower_flops(model, device: torch.device, *, backward: bool, simclr: bool) ->
     passes = {"image": lambda: model.encode_image(image), "text": lambda: model.encode_text(tokens)}
     if simclr:
         passes["simclr"] = lambda: model.simclr(image)
+    if text_simclr:
+        passes["text_simclr"] = lambda: model.text_simclr(tokens)
     out = {}
     for name, fn in passes.items():
         out[name] = {"fwd": count_flops(fn, backward=False)}
@@ -260,7 +265,7 @@ class Rig:
 
 def build_rig(cfg: ExperimentConfig, device: torch.device, simulate_oom_above: int | None = None) -> Rig:
     seed_everything(cfg.train.seed)
-    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i)
+    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i, with_text_simclr_head=cfg.loss.uses_ss_t)
     model = bundle.model.to(device)
     model.train()
     return Rig(cfg, device, bundle, model, autocast_dtype(cfg.train.precision, device),
@@ -275,11 +280,15 @@ def run_step(rig: Rig, batch: dict[str, torch.Tensor], chunk: int) -> float:
     return float(loss)  # the trainer reads every loss term back each step: a host sync
 
 
+# tower_flops key of each model method that tbps.objective.ENCODERS names.
+_TOWER_FLOPS_KEY = {"encode_image": "image", "encode_text": "text", "simclr": "simclr", "text_simclr": "text_simclr"}
+
+
 def step_flops(towers: dict, loss_cfg: LossConfig, *, chunked: bool, alpha: float) -> dict[str, float]:
     """Per-sample FLOPs of one step: ``model`` (what the algorithm needs) and ``executed`` (+ re-forward)."""
-    grad_passes = ["image", "text"] + (["image"] if loss_cfg.mvs_i else []) + (
-        ["simclr", "simclr"] if loss_cfg.uses_ss_i else [])
-    nograd_passes = (["image", "text"] + (["image"] if loss_cfg.mvs_i else [])) if alpha > 0 else []
+    names = embedding_names(loss_cfg)
+    grad_passes = [_TOWER_FLOPS_KEY[ENCODERS[name]] for name in names]
+    nograd_passes = [_TOWER_FLOPS_KEY[ENCODERS[name]] for name in NOGRAD_NAMES if name in names] if alpha > 0 else []
     model = sum(towers[p]["fwd_bwd"] for p in grad_passes) + sum(towers[p]["fwd"] for p in nograd_passes)
     refwd = sum(towers[p]["fwd"] for p in grad_passes) if chunked else 0
     return {"model": float(model), "executed": float(model + refwd), "grad_passes": grad_passes,
@@ -300,10 +309,12 @@ def synthetic_batch(rig: Rig, batch: int, seed: int = 0) -> dict[str, torch.Tens
            # Few repeated ids, like a uniform batch from thousands of identities.
            "train_id": torch.randint(0, 10_000, (batch,), generator=gen),
            "pair": torch.arange(batch)}
-    if rig.cfg.loss.mvs_i:
+    if rig.cfg.loss.uses_image_mvs:
         out["image_mvs"] = images()
     if rig.cfg.loss.uses_ss_i:
         out["simclr_a"], out["simclr_b"] = images(), images()
+    for key in text_view_keys(rig.cfg.loss):
+        out[key] = rig.bundle.tokenizer(random_captions(batch, seed + 1 + len(out)))
     if rig.device.type == "cuda":
         out = {k: v.pin_memory() for k, v in out.items()}
     return out
@@ -566,7 +577,8 @@ def main(argv=None) -> int:
     towers_by_experiment: dict[str, dict] = {}
     for cfg, batch, chunk in jobs:
         rig = build_rig(cfg, device, args.simulate_oom_above)
-        towers = tower_flops(rig.model, device, backward=True, simclr=rig.cfg.loss.uses_ss_i)
+        towers = tower_flops(rig.model, device, backward=True, simclr=rig.cfg.loss.uses_ss_i,
+                             text_simclr=rig.cfg.loss.uses_ss_t)
         towers_by_experiment[cfg.name] = towers
         if args.preset_sweep:
             new_rows = sweep_preset(args, rig)

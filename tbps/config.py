@@ -88,7 +88,8 @@ class ModelConfig:
     logit_scale_init: float | None = _ranged(None, gt=0.0)
     """Initial logit scale s (theta = ln s) for random-init models; null keeps the checkpoint's value."""
     simclr_head_dim: int = _ranged(128, ge=1)
-    """Hidden width of the SimCLR head (512->128->512 in the recipe); built only when SS-I is on."""
+    """Hidden width of the SimCLR heads (512->128->512 in the recipe); the image head is built only when SS-I
+    is on, the text head (same shape) only when SS-T is on."""
 
 
 @dataclass
@@ -100,9 +101,15 @@ class LossConfig:
     soft_label_ramp_epochs: int = _ranged(1, ge=0)
     """alpha ramps linearly per iteration from 0 over this many epochs (official behaviour)."""
     mvs_i: bool = True
-    """Multi-view image supervision: N-ITC on a second augmented view."""
+    """MVS-I: N-ITC also on (I~, T), I~ a second draw of the image augmentation (docs/method.md#mvs)."""
+    mvs_t: bool = False
+    """MVS-T (paper Table 5, not in the recipe): N-ITC also on (I, T~), T~ a second independent draw of
+    the caption augmentation (docs/method.md#mvs, D20)."""
+    mvs_it: bool = False
+    """MVS-IT (paper Table 5, not in the recipe): N-ITC also on (I~, T~) (docs/method.md#mvs, D20)."""
     mvs_mode: str = _ranged("average", choices=("average", "add"))
-    """'average' = 1/2[N-ITC(V,T)+N-ITC(V~,T)] (official) or 'add' = N-ITC(V,T)+N-ITC(V~,T) (paper)."""
+    """How the N-ITC terms of the views combine: 'average' = their mean, so MVS-I alone is
+    1/2[N-ITC(V,T)+N-ITC(V~,T)] (official), or 'add' = their sum (the paper's wording)."""
     r_itc_weight: float = _ranged(1.0, ge=0.0)
     """Weight of the reversed-KL R-ITC term; 0 disables it."""
     r_itc_eps: float = _ranged(1e-2, gt=0.0)
@@ -115,13 +122,40 @@ class LossConfig:
     """Weight of the SimCLR image self-supervision loss SS-I; 0 disables it (and the head)."""
     ss_i_temperature: float = _ranged(0.1, gt=0.0)
     """NT-Xent temperature of SS-I."""
+    ss_t_weight: float = _ranged(0.0, ge=0.0)
+    """Weight of the text self-supervision loss SS-T (paper Table 5, not in the recipe; 0.4 like SS-I
+    when studied): NT-Xent on two independent draws of the caption augmentation through a text SimCLR
+    head (docs/method.md#ss, D19). 0 disables it (and the text head). SS-IT = SS-I and SS-T both on."""
+    ss_t_temperature: float = _ranged(0.1, gt=0.0)
+    """NT-Xent temperature of SS-T."""
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
+    emulated_processes: int = _ranged(1, ge=1)
+    """With global_grad false: compute the loss as this many data-parallel processes without GlobalGrad
+    would, however many real processes run it (each virtual rank's rows against all columns, only its
+    own slice carrying gradient; the ranks' losses averaged). The paper's non-GlobalGrad rows ran on 4
+    GPUs: 4 reproduces them on 1, 2 or 4 (docs/method.md#globalgrad). 1 = off; needs global_grad false,
+    a multiple of the real processes and a batch divisible by it."""
 
     @property
     def uses_ss_i(self) -> bool:
         """SS-I is on: training builds the SimCLR head and its two augmented views."""
         return self.ss_i_weight > 0
+
+    @property
+    def uses_ss_t(self) -> bool:
+        """SS-T is on: training builds the text SimCLR head and two more caption views."""
+        return self.ss_t_weight > 0
+
+    @property
+    def uses_image_mvs(self) -> bool:
+        """A second image view I~ is needed (MVS-I or MVS-IT)."""
+        return self.mvs_i or self.mvs_it
+
+    @property
+    def uses_text_mvs(self) -> bool:
+        """A second caption view T~ is needed (MVS-T or MVS-IT)."""
+        return self.mvs_t or self.mvs_it
 
 
 @dataclass
@@ -137,11 +171,37 @@ class DataConfig:
     backtranslation_prob: float = _ranged(0.1, **PROBABILITY)
     """Probability of replacing a training caption by its back-translation."""
     word_deletion_prob: float = _ranged(0.05, **PROBABILITY)
-    """Per-word Bernoulli deletion probability for training captions."""
+    """Per-word Bernoulli deletion probability for training captions (RD; the recipe's last text op)."""
+    synonym_replacement_alpha: float = _ranged(0.0, **PROBABILITY)
+    """SR (paper Table 3, not in the recipe): replace n = max(1, int(alpha*L)) randomly chosen word units
+    (L = words in the caption) by a synonym each; 0 = off (docs/method.md#text-augmentation-ablation)."""
+    random_insertion_alpha: float = _ranged(0.0, **PROBABILITY)
+    """RI (paper Table 3): n = max(1, int(alpha*L)) times, insert a synonym of a random word unit at a
+    random position; 0 = off."""
+    random_swap_alpha: float = _ranged(0.0, **PROBABILITY)
+    """RS (paper Table 3): n = max(1, int(alpha*L)) times, swap two random word units; 0 = off."""
+    eda_alpha: float = _ranged(0.0, **PROBABILITY)
+    """EDA (paper Table 3): per caption, one of SR, RI, RS (n = max(1, int(alpha*L))) and unit-level
+    Bernoulli deletion (p = alpha), chosen uniformly; 0 = off."""
+    synonym_source: str = _ranged("auto", choices=("auto", "wordnet", "table"))
+    """Where SR, RI and EDA draw synonyms: 'wordnet' (NLTK's WordNet through nlpaug; needs nltk and
+    NLTK_DATA with corpora/wordnet), 'table' (the shipped pedestrian synonym table) or 'auto' (WordNet
+    when available, else the table; resolved once per run and saved resolved in the run's config)."""
     max_words: int = _ranged(77, ge=1)
     """Captions are cut to this many words after cleaning."""
     few_shot_fraction: float = _ranged(1.0, gt=0.0, le=1.0)
     """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
+
+    @property
+    def uses_word_ops(self) -> bool:
+        """A word-level augmentation (SR, RI, RS or EDA) is on: training loads spaCy."""
+        return any(a > 0 for a in (self.synonym_replacement_alpha, self.random_insertion_alpha,
+                                   self.random_swap_alpha, self.eda_alpha))
+
+    @property
+    def uses_synonyms(self) -> bool:
+        """SR, RI or EDA is on: the run draws synonyms (from ``synonym_source``)."""
+        return any(a > 0 for a in (self.synonym_replacement_alpha, self.random_insertion_alpha, self.eda_alpha))
 
 
 @dataclass
