@@ -90,10 +90,10 @@ def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
         )
     pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
     size = tuple(cfg.model.image_size)
-    pool = transforms.train_pool_transform(size, cfg.data.normalisation, enabled=cfg.data.image_pool)
+    view = transforms.train_transform(size, cfg.data.normalisation, cfg.data.image_aug)
     dataset = TrainPairs(
-        index, pairs, tokenize=model_bundle.tokenizer, image_transform=pool,
-        mvs_transform=pool if cfg.loss.mvs_i else None,
+        index, pairs, tokenize=model_bundle.tokenizer, image_transform=view,
+        mvs_transform=view if cfg.loss.mvs_i else None,
         simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None,
         backtranslation_prob=cfg.data.backtranslation_prob, word_deletion_prob=cfg.data.word_deletion_prob,
         max_words=cfg.data.max_words,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table, sample_seed
-from tbps.data.transforms import train_pool_transform
+from tbps.data.transforms import train_transform
 from tbps.errors import UserInputError
 from tbps.shards.index import ShardIndex
 
@@ -72,7 +72,7 @@ def test_index_reads_every_pair_and_ignores_planted_pickles(synthetic_shards, tm
 def test_same_pair_and_seed_give_the_same_sample(synthetic_shards):
     index = ShardIndex.from_manifest(synthetic_shards["train"])
     pairs = pair_table(index)
-    pool = train_pool_transform((64, 64))
+    pool = train_transform((64, 64))
 
     def tokenize(texts):
         return torch.tensor([[len(t)] for t in texts])
