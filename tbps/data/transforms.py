@@ -204,9 +204,12 @@ class PILGaussianBlur(torch.nn.Module):
         super().__init__()
         self.sigma = sigma
 
+    def draw_radius(self) -> float:
+        """σ from torch's global generator (also what the device path draws: tbps.data.device_aug)."""
+        return float(torch.empty(1).uniform_(*self.sigma))
+
     def forward(self, image: Image.Image) -> Image.Image:
-        radius = float(torch.empty(1).uniform_(*self.sigma))
-        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+        return image.filter(ImageFilter.GaussianBlur(radius=self.draw_radius()))
 
 
 class SimCLRTransform:
