@@ -158,7 +158,7 @@ TABLE_2_ROWS = {
     "autoaugment": {"strategy": "autoaugment"},
     "randaugment": {"strategy": "randaugment", "randaugment_ops": 2, "randaugment_magnitude": 9},
     "trivialaugment": {"strategy": "trivialaugment"},
-    "pool": {},
+    "pool": {"strategy": "pool"},
     **{f"rrc {s}": {"strategy": "stack", "ops": ["resized_crop"], "crop_min_scale": s} for s in (0.3, 0.6, 0.9)},
     **{f"re {a}": {"strategy": "stack", "ops": ["erasing"], "erasing_area": a}
        for a in ([0.02, 0.10], [0.10, 0.20], [0.20, 0.30])},

@@ -73,10 +73,16 @@ def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     p = (one_minus_s * v).clamp(0.0, 1.0)
     q = ((1.0 - s_f) * v).clamp(0.0, 1.0)
     t = ((s_f + one_minus_s) * v).clamp(0.0, 1.0)
-    vpqt = torch.stack((v, p, q, t), dim=-3)
-    # Which of (v, p, q, t) each channel takes in each of the six hue sectors.
-    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=h.device)
-    return vpqt.gather(-3, select[:, sector].movedim(0, -3))
+    vpqt = (v, p, q, t)
+    in_sector = [sector == k for k in range(5)]
+    channels = []
+    # Which of (v, p, q, t) each channel takes in hue sectors 0..5 (selected, not gathered: no index tensor).
+    for takes in ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2)):
+        channel = vpqt[takes[5]]
+        for k in range(5):
+            channel = torch.where(in_sector[k], vpqt[takes[k]], channel)
+        channels.append(channel)
+    return torch.stack(channels, dim=-3)
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
