@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from tbps.config import IMAGE_AUG_OPS, ImageAugConfig
 from tbps.data import batched_ops
-from tbps.data.device_aug import DEVICE_OPS, SKIP, DeviceAugment, ViewDraws
+from tbps.data.device_aug import DEVICE_OPS, SKIP, DeviceAugment, ViewDraws, split_view
 from tbps.data.loader import TrainPairs, pair_table
 from tbps.data.transforms import NORMALISATIONS, POOL_OPS, simclr_transform, train_transform
 from tbps.shards.index import ShardIndex
@@ -74,7 +74,8 @@ class Recorder:
         return calls
 
 
-def slot_values(codes: torch.Tensor, params: torch.Tensor) -> list[tuple[str, list[float]]]:
+def slot_values(view: torch.Tensor) -> list[tuple[str, list[float]]]:
+    codes, params = split_view(view)
     return [(DEVICE_OPS[int(c)], [v for v in p.tolist() if not math.isnan(v)])
             for c, p in zip(codes, params) if int(c) != SKIP]
 
@@ -109,7 +110,7 @@ def test_worker_draws_are_the_cpu_paths_parameters_seed_for_seed(aug):
         for key in ("image", "image_mvs"):
             cpu(image, gen)
             expected = [r for r in (recorded_values(*call) for call in recorder.take()) if r is not None]
-            got = slot_values(views[key]["ops"], views[key]["params"])
+            got = slot_values(views[key])
             got = [(name, values[:-1] if name == "gaussian_blur" else values) for name, values in got]  # drop kernel
             assert len(got) == len(expected), seed
             for (name_g, values_g), (name_e, values_e) in zip(got, expected):
@@ -139,7 +140,7 @@ def test_simclr_draws_are_the_cpu_paths_parameters_seed_for_seed():
             expected = [recorded_values(*call) for call in recorder.take()]
             if radii:
                 expected.insert(len(expected) - (expected[-1][0] == "hflip"), ("radius_blur", [radii.pop()]))
-            got = slot_values(views[key]["ops"], views[key]["params"])
+            got = slot_values(views[key])
             # The crop box is drawn on the original (150 x 60) and sent as the same share of 64 x 64.
             top, left, height, width = got[0][1]
             got[0] = ("resized_crop", [top * 150 / 64, left * 60 / 64, height * 150 / 64, width * 60 / 64])
@@ -155,7 +156,7 @@ def draws_table(aug: ImageAugConfig, n: int, size=(224, 224)) -> tuple[list[tupl
     draws = ViewDraws(transform)
     drawn = [transform.draw_ops(seed) for seed in range(n)]
     views = default_collate([draws.train_view(torch.Generator().manual_seed(seed)) for seed in range(n)])
-    return drawn, views["ops"], views["params"]
+    return drawn, *split_view(views)
 
 
 def within_binomial(hits: int, trials: int, p: float) -> bool:
@@ -227,7 +228,7 @@ def test_simclr_draws_have_the_moco_v2_distributions():
     n = 1500
     draws = ViewDraws(train_transform((224, 224)), simclr=simclr_transform((224, 224)))
     views = default_collate([draws.simclr_view(torch.Generator().manual_seed(s), (224, 224)) for s in range(n)])
-    codes, params = views["ops"], views["params"]
+    codes, params = split_view(views)
     assert (codes[:, 0] == CODE["resized_crop"]).all()
     area = params[:, 0, 2] * params[:, 0, 3] / 224**2
     assert area.min() >= 0.19 and area.max() <= 1.0 and area.min() < 0.22
@@ -334,7 +335,7 @@ def test_no_augmentation_on_the_device_is_resize_and_normalise():
     draws = ViewDraws(transform, mvs=True)
     images = [smooth(s) for s in range(3)]
     batch, out = device_views(draws, images, [0, 1, 2])
-    assert batch["views"]["image"]["ops"].shape == (3, 0)
+    assert batch["views"]["image"].shape == (3, 0, 9)
     expected = torch.stack([transform(image, 0) for image in images])
     torch.testing.assert_close(out["image"], expected, atol=1e-6, rtol=0)
     assert torch.equal(out["image"], out["image_mvs"])

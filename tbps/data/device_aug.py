@@ -11,7 +11,8 @@ The work is split at the batch boundary:
   MVS view and SimCLR views with the batched per-image ops of :mod:`tbps.data.batched_ops`.
 
 A view's parameters are a fixed number of *slots*, each an op code (``SKIP`` when a coin said no)
-and ``SLOT_WIDTH`` numbers, so they collate into plain tensors. Nothing here touches torch's global
+and ``SLOT_WIDTH`` numbers: one float64 tensor of shape (slots, 1 + SLOT_WIDTH) per view, so a
+batch collates into one (N, slots, 1 + SLOT_WIDTH) tensor per view (:func:`split_view`). Nothing here touches torch's global
 random stream outside the seeded draws, and the device side draws nothing.
 """
 
@@ -82,9 +83,13 @@ def _op_slot(name: str, op: v2.Transform, probe: Tensor) -> list[float]:
     raise ValueError(f"no device version of {type(op).__name__} ({name})")
 
 
-def _pack(slots: list[list[float]]) -> dict[str, Tensor]:
-    table = torch.tensor(slots, dtype=torch.float64).reshape(len(slots), SLOT_WIDTH + 1)
-    return {"ops": table[:, 0].to(torch.int64), "params": table[:, 1:].contiguous()}
+def _pack(slots: list[list[float]]) -> Tensor:
+    return torch.tensor(slots, dtype=torch.float64).reshape(len(slots), SLOT_WIDTH + 1)
+
+
+def split_view(view: Tensor) -> tuple[Tensor, Tensor]:
+    """A (batch of) view table(s) -> op codes (int64) and parameters (float64), slot by slot."""
+    return view[..., 0].to(torch.int64), view[..., 1:]
 
 
 class ViewDraws:
@@ -99,22 +104,22 @@ class ViewDraws:
             raise ValueError(f"strategy {train.aug.strategy!r} has no device version")
         self.train, self.mvs, self.simclr = train, mvs, simclr
         self.size = train.size
+        self.probe = _probe(*self.size)
 
     def slots(self) -> int:
         """Slots of a main/MVS view (0 without augmentation)."""
         return {"pool": self.train.aug.pool_draws, "stack": len(self.train.aug.ops)}.get(self.train.aug.strategy, 0)
 
-    def train_view(self, gen: torch.Generator) -> dict[str, Tensor]:
+    def train_view(self, gen: torch.Generator) -> Tensor:
         """The parameters :meth:`TrainTransform.augment` would use (it draws nothing for strategy 'none')."""
         names = self.train.draw_ops(gen)
         slots = []
         if self.train.aug.strategy in ("pool", "stack"):
             with _seeded_global_rng(gen):
-                probe = _probe(*self.size)
-                slots = [_op_slot(name, self.train.ops[name], probe) for name in names]
+                slots = [_op_slot(name, self.train.ops[name], self.probe) for name in names]
         return _pack(slots)
 
-    def simclr_view(self, gen: torch.Generator, source_size: tuple[int, int]) -> dict[str, Tensor]:
+    def simclr_view(self, gen: torch.Generator, source_size: tuple[int, int]) -> Tensor:
         """The parameters of :class:`SimCLRTransform` for an image of ``source_size`` (height, width); the crop
         box becomes the same share of the training-size image, which is what the device crops."""
         crop, jitter, gray, blur, flip = self.simclr.ops.transforms
@@ -124,7 +129,7 @@ class ViewDraws:
             box = crop.make_params([_probe(height0, width0)])
             slots = [_slot("resized_crop", [box["top"] * h / height0, box["left"] * w / width0,
                                             box["height"] * h / height0, box["width"] * w / width0])]
-            probe = _probe(h, w)
+            probe = self.probe
             applied = bool(torch.rand(1) < jitter.p)  # v2.RandomApply's coin: torch.rand(1) >= p skips
             slots.append(_op_slot("color_jitter", jitter.transforms[0], probe) if applied else _slot(None))
             slots.append(_op_slot("grayscale", gray, probe))
@@ -188,9 +193,10 @@ class DeviceAugment:
             return ops.radius_blur(x, params[:, 0], self.radius_blur_max)
         return {"grayscale": ops.grayscale, "hflip": ops.hflip, "vflip": ops.vflip}[name](x)
 
-    def view(self, x: Tensor, codes: Tensor, params: Tensor) -> Tensor:
-        """Apply each image's slots in order to ``x`` ([0, 1] float, on the device); returns [0, 1]."""
-        codes, params = codes.cpu(), params.cpu()
+    def view(self, x: Tensor, table: Tensor) -> Tensor:
+        """Apply each image's slots (a collated view table) in order to ``x`` ([0, 1] float, on the device);
+        returns [0, 1]."""
+        codes, params = split_view(table.cpu())
         x = x.clone()
         for slot in range(codes.shape[1]):
             for code in codes[:, slot].unique().tolist():
@@ -209,5 +215,5 @@ class DeviceAugment:
         x = base.to(torch.float32).mul_(1.0 / 255)  # torchvision's uint8 -> float scaling
         out = {k: v for k, v in batch.items() if k not in ("image", "views")}
         for name, view in batch["views"].items():
-            out[name] = ops.normalise(self.view(x, view["ops"], view["params"]), self.mean, self.std)
+            out[name] = ops.normalise(self.view(x, view), self.mean, self.std)
         return out
