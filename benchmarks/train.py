@@ -409,23 +409,28 @@ def measure_worker(rig: Rig, manifest: Path, samples: int, warmup: int = 8) -> d
 
 
 def measure_device_aug(rig: Rig, manifest: Path, batch: int, steps: int, warmup: int) -> dict:
-    """Wall milliseconds per sample of ``DeviceAugment`` on loader batches already moved to the device."""
+    """Milliseconds per sample of ``DeviceAugment`` on loader batches already moved to the device: wall time,
+    and on a CPU also the process's CPU time (steadier than wall time on a shared machine)."""
     if rig.augment is None:
         raise SystemExit("--modes device-aug needs --device-aug (data.image_aug.on_device=true)")
     batches, _ = loader_batches(rig, manifest, batch)
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
         data = next(batches)
         data = {**data, "image": data["image"].to(rig.device)}
         synchronize(rig.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         rig.augment(data, rig.device)
         synchronize(rig.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     batches.close()
-    return {"mode": "device-aug", "batch": batch, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
-            "ms_per_sample": {k: 1e3 * v / batch for k, v in summarise(times).items()}}
+    row = {"mode": "device-aug", "batch": batch, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+           "ms_per_sample": {k: 1e3 * v / batch for k, v in summarise(times).items()}}
+    if rig.device.type == "cpu":
+        row["cpu_ms_per_sample"] = {k: 1e3 * v / batch for k, v in summarise(cpu_times).items()}
+    return row
 
 
 def run_modes(rig: Rig, *, modes: list[str], manifest: Path | None, batch: int, chunk: int, steps: int,
@@ -544,8 +549,10 @@ def print_augmentation_rows(rows: list[dict]) -> None:
                   f"collate) over {r['samples']} samples")
         else:
             ms = r["ms_per_sample"]
-            print(f"[{r['experiment']}] device-aug on {r['threads']} thread(s), batch {r['batch']}: median "
-                  f"{ms['median']:.2f} ms/sample (p90 {ms['p90']:.2f})")
+            cpu = r.get("cpu_ms_per_sample")
+            cpu_text = f", CPU time median {cpu['median']:.2f} ms/sample" if cpu else ""
+            print(f"[{r['experiment']}] device-aug on {r['threads']} thread(s), batch {r['batch']}: wall median "
+                  f"{ms['median']:.2f} ms/sample (p90 {ms['p90']:.2f}){cpu_text}")
 
 
 def print_table(rows: list[dict]) -> None:
