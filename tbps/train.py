@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -44,6 +45,9 @@ from tbps.objective import (
 from tbps.progress import progress
 from tbps.schedule import learning_rate
 from tbps.shards.index import ShardIndex
+
+if TYPE_CHECKING:
+    from tbps.data.device_aug import DeviceAugment
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,7 @@ def resolve_synonym_source(cfg: ExperimentConfig) -> ExperimentConfig:
 def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
     """The shard index, the (image, caption) pair table and the augmenting dataset of a run."""
     from tbps.data import transforms
+    from tbps.data.device_aug import ViewDraws
     from tbps.data.word_ops import word_augmenter
 
     index = ShardIndex.from_manifest(manifest)
@@ -123,20 +128,31 @@ def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
         )
     pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
     size = tuple(cfg.model.image_size)
-    pool = transforms.train_pool_transform(size, cfg.data.normalisation, enabled=cfg.data.image_pool)
+    view = transforms.train_transform(size, cfg.data.normalisation, cfg.data.image_aug)
+    simclr = transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None
+    if cfg.data.image_aug.on_device:
+        images = {"view_draws": ViewDraws(view, mvs=cfg.loss.uses_image_mvs, simclr=simclr)}
+    else:
+        images = {"image_transform": view, "mvs_transform": view if cfg.loss.uses_image_mvs else None,
+                  "simclr_transform": simclr}
     word_ops = None
     if cfg.data.uses_word_ops:
         source = synonym_sources.resolve_synonym_source(cfg.data.synonym_source) if cfg.data.uses_synonyms \
             else "table"
         word_ops = word_augmenter(cfg.data, source)
     dataset = TrainPairs(
-        index, pairs, tokenize=model_bundle.tokenizer, image_transform=pool,
-        mvs_transform=pool if cfg.loss.uses_image_mvs else None,
-        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None,
+        index, pairs, tokenize=model_bundle.tokenizer, **images,
         backtranslation_prob=cfg.data.backtranslation_prob, word_deletion_prob=cfg.data.word_deletion_prob,
         max_words=cfg.data.max_words, word_ops=word_ops, text_views=text_view_keys(cfg.loss),
     )
     return index, pairs, dataset
+
+
+def device_augment(cfg: ExperimentConfig) -> DeviceAugment | None:
+    """What makes a batch's views on the training device (``data.image_aug.on_device``), else None."""
+    from tbps.data.device_aug import DeviceAugment
+
+    return DeviceAugment(cfg.data.normalisation) if cfg.data.image_aug.on_device else None
 
 
 def make_loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -> DataLoader:
@@ -162,9 +178,12 @@ def make_encode(model, device: torch.device, amp_dtype: torch.dtype | None):
 
 
 def train_step(model, optimizer, scaler, encode, batch: dict, loss_cfg: LossConfig, *, alpha: float, chunk: int,
-               dist: DistInfo) -> tuple[torch.Tensor, dict]:
-    """One optimiser step: soft-label pass, (gradient-cached) forward/backward, gradient averaging
-    over processes, (scaled) optimiser step. Returns the loss and its terms (detached)."""
+               dist: DistInfo, augment: DeviceAugment | None = None) -> tuple[torch.Tensor, dict]:
+    """One optimiser step: the views on the device (``augment``, the device path), soft-label pass,
+    (gradient-cached) forward/backward, gradient averaging over processes, (scaled) optimiser step.
+    Returns the loss and its terms (detached)."""
+    if augment is not None:
+        batch = augment(batch, dist.device)
     ids = batch["train_id"].to(dist.device)
     inputs = batch_inputs(batch, loss_cfg)
     nograd = nograd_pass(encode, inputs, chunk) if alpha > 0 else None
@@ -376,6 +395,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
              dist.world_size, dev)
 
     encode = make_encode(model, dev, amp_dtype)
+    augment = device_augment(cfg)
     max_steps = cfg.train.max_steps
     stopped_early = max_steps is not None and run.global_step >= max_steps
     model.train()
@@ -395,7 +415,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
                                             ramp_epochs=cfg.loss.soft_label_ramp_epochs)
             scale_used = float(model.logit_scale_value().detach())
             _, terms = train_step(model, optimizer, scaler, encode, batch, cfg.loss, alpha=alpha,
-                                  chunk=cfg.train.grad_cache_chunk, dist=dist)
+                                  chunk=cfg.train.grad_cache_chunk, dist=dist, augment=augment)
             run.global_step += 1
             run.epoch, run.next_batch = epoch, step_in_epoch + 1
 

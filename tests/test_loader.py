@@ -13,7 +13,7 @@ import torch
 
 from tbps.data.captions import clean_caption
 from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table, sample_seed
-from tbps.data.transforms import train_pool_transform
+from tbps.data.transforms import train_transform
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file
 from tbps.shards.index import ShardIndex
@@ -82,7 +82,7 @@ def test_index_reads_every_pair_and_ignores_planted_pickles(synthetic_shards, tm
 def test_same_pair_and_seed_give_the_same_sample(synthetic_shards):
     index = ShardIndex.from_manifest(synthetic_shards["train"])
     pairs = pair_table(index)
-    pool = train_pool_transform((64, 64))
+    pool = train_transform((64, 64))
 
     def tokenize(texts):
         return torch.tensor([[len(t)] for t in texts])
@@ -108,7 +108,7 @@ def _text(tokens):
 def test_extra_caption_views_are_independent_draws_and_leave_the_main_caption_as_it_was(synthetic_shards):
     index = ShardIndex.from_manifest(synthetic_shards["train"])
     pairs = pair_table(index)
-    pool = train_pool_transform((64, 64))
+    pool = train_transform((64, 64))
     common = dict(tokenize=_text_tokenizer, image_transform=pool, backtranslation_prob=0.5, word_deletion_prob=0.3)
     plain = TrainPairs(index, pairs, **common)
     views = ("tokens_mvs", "tokens_ss_a", "tokens_ss_b")
@@ -140,7 +140,7 @@ def test_word_ops_change_training_captions_only(synthetic_shards):
     pairs = pair_table(index)
     splitter = UnitSplitter(vocabulary_phrases())
     swap = WordAugmenter(SynonymLookup("table"), splitter, random_swap_alpha=0.2)
-    common = dict(tokenize=_text_tokenizer, image_transform=train_pool_transform((64, 64)),
+    common = dict(tokenize=_text_tokenizer, image_transform=train_transform((64, 64)),
                   backtranslation_prob=0.0, word_deletion_prob=0.0)
     plain, swapped = TrainPairs(index, pairs, **common), TrainPairs(index, pairs, **common, word_ops=swap)
     changed = 0

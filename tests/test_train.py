@@ -91,6 +91,26 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards
     assert log["global_step"].to_list() == list(range(1, 2 * steps_per_epoch + 1))
 
 
+def test_device_augmentation_trains_and_resumes_exactly(synthetic_shards, tmp_path):
+    """data.image_aug.on_device (here on the CPU): the full preset's four views made from the uint8 batch
+    after it reaches the device; a run cut mid-epoch and resumed with other workers ends bit for bit
+    like the uninterrupted run."""
+    shards = synthetic_shards["train"]
+    sections = dict(data={"few_shot_fraction": 0.25, "image_aug": {"on_device": True}})
+    full = train(experiment("tiny_tbps_clip", **sections), shards, tmp_path / "full")
+    saved = checkpoint.load(full)
+    assert saved["config"]["data"]["image_aug"]["on_device"] is True
+    steps_per_epoch = saved["global_step"] // 2
+    log = pl.read_parquet(tmp_path / "full" / "train_log.parquet")
+    assert log["loss_ss_i"].is_finite().all() and log["loss_n_itc_mvs"].is_finite().all()
+
+    train(experiment("tiny_tbps_clip", train={"max_steps": steps_per_epoch + 1}, **sections), shards, tmp_path / "cut")
+    resumed_cfg = experiment("tiny_tbps_clip", data={"few_shot_fraction": 0.25, "num_workers": 2,
+                                                     "image_aug": {"on_device": True}})
+    resumed = train(resumed_cfg, shards, tmp_path / "cut", resume=True)
+    assert_same_weights(weights(resumed), weights(full))
+
+
 def test_changed_configuration_starts_over_instead_of_resuming(synthetic_shards, tmp_path):
     shards = synthetic_shards["train"]
     small = dict(data={"few_shot_fraction": 0.2}, optim={"epochs": 1})

@@ -99,17 +99,24 @@ class EpochBatchSampler(Sampler):
 class TrainPairs(Dataset):
     """Decodes and augments one (image, caption) pair; index = (pair, sample_seed).
 
+    Images take one of two paths. CPU path: ``image_transform`` (and ``mvs_transform``,
+    ``simclr_transform``) make the normalised views here. Device path: ``view_draws``
+    (:class:`tbps.data.device_aug.ViewDraws`) returns the resized uint8 ``image`` and each view's
+    drawn parameters under ``views``; the training process makes the views on its device.
     ``word_ops``: the word-level caption augmentation (None = off); ``text_views``: extra caption
     views to return (keys of ``TEXT_VIEW_STREAMS``).
     """
 
     def __init__(self, index: ShardIndex, pairs: np.ndarray, *, tokenize: Callable[[list[str]], torch.Tensor],
-                 image_transform: Callable, mvs_transform: Callable | None = None,
-                 simclr_transform: Callable | None = None, backtranslation_prob: float = 0.1,
-                 word_deletion_prob: float = 0.05, max_words: int = 77, word_ops: WordAugmenter | None = None,
-                 text_views: tuple[str, ...] = ()):
+                 image_transform: Callable | None = None, mvs_transform: Callable | None = None,
+                 simclr_transform: Callable | None = None, view_draws: Callable | None = None,
+                 backtranslation_prob: float = 0.1, word_deletion_prob: float = 0.05, max_words: int = 77,
+                 word_ops: WordAugmenter | None = None, text_views: tuple[str, ...] = ()):
+        if (image_transform is None) == (view_draws is None):
+            raise ValueError("give either image_transform (CPU path) or view_draws (device path)")
         self.index, self.pairs, self.tokenize = index, pairs, tokenize
         self.image_transform, self.mvs_transform, self.simclr_transform = image_transform, mvs_transform, simclr_transform
+        self.view_draws = view_draws
         self.backtranslation_prob, self.word_deletion_prob, self.max_words = backtranslation_prob, word_deletion_prob, max_words
         unknown = [v for v in text_views if v not in TEXT_VIEW_STREAMS]
         if unknown:
@@ -145,18 +152,22 @@ class TrainPairs(Dataset):
         sample = self.index.samples[sample_id]
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
-        image = self._image(sample)
         captions = [self.caption_text(sample, caption, rng)]
         captions += [self.caption_text(sample, caption, np.random.default_rng([seed, TEXT_VIEW_STREAMS[view]]))
                      for view in self.text_views]
         tokens = self.tokenize(captions)
-        out = {
-            "image": self.image_transform(image, gen),
-            "tokens": tokens[0],
-            "train_id": torch.tensor(sample.meta["train_id"], dtype=torch.long),
-            "pair": torch.tensor(pair, dtype=torch.long),
-        }
+        out = self._image_views(self._image(sample), gen)
+        out["tokens"] = tokens[0]
+        out["train_id"] = torch.tensor(sample.meta["train_id"], dtype=torch.long)
+        out["pair"] = torch.tensor(pair, dtype=torch.long)
         out.update(zip(self.text_views, tokens[1:]))
+        return out
+
+    def _image_views(self, image: Image.Image, gen: torch.Generator) -> dict:
+        """The sample's image entries; ``gen`` is consumed in the order main, MVS, SimCLR a, SimCLR b."""
+        if self.view_draws is not None:
+            return self.view_draws(image, gen)
+        out = {"image": self.image_transform(image, gen)}
         if self.mvs_transform is not None:
             out["image_mvs"] = self.mvs_transform(image, gen)
         if self.simclr_transform is not None:
