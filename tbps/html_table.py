@@ -1,5 +1,5 @@
 """Tables as small self-contained HTML pages (no scripts, no external files) that a browser, and
-the Snakemake report's viewer, opens directly. The Parquet file stays the data; the page is a
+the Snakemake report's viewer, open directly. The Parquet file stays the data; the page is a
 rendering of it: numbers right-aligned at a fixed precision, the header kept in view, and for a
 long table (a per-step training log) evenly spaced rows with the first and the last.
 """
@@ -28,12 +28,13 @@ tbody tr:hover { background: #eef2ff; }
 """.strip()
 
 
-def format_cell(value, dtype: pl.DataType) -> str:
-    """A cell as text: floats to 5 significant digits, nulls and NaN as empty cells."""
+def format_cell(value, dtype: pl.DataType, float_format: str = ".5g") -> str:
+    """A cell as text: floats as ``float_format`` (default 5 significant digits), nulls and NaN as
+    empty cells."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if dtype.is_float():
-        return f"{value:.5g}"
+        return format(value, float_format)
     return str(value)
 
 
@@ -45,8 +46,11 @@ def shown_rows(height: int, max_rows: int) -> list[int]:
     return sorted({round(i * step) for i in range(max_rows)})
 
 
-def table_html(df: pl.DataFrame, *, title: str, note: str | None = None, max_rows: int = MAX_ROWS) -> str:
-    """The page: a title, an optional note, the row count, then the table."""
+def table_html(df: pl.DataFrame, *, title: str, note: str | None = None, max_rows: int = MAX_ROWS,
+               float_formats: dict[str, str] | None = None) -> str:
+    """The page: a title, an optional note, the row count, then the table. ``float_formats``:
+    column -> format spec for the float columns that want a fixed one (metrics: ".2f")."""
+    float_formats = float_formats or {}
     rows = shown_rows(df.height, max_rows)
     count = f"{df.height} rows, {df.width} columns"
     if len(rows) < df.height:
@@ -56,9 +60,10 @@ def table_html(df: pl.DataFrame, *, title: str, note: str | None = None, max_row
     body = []
     for i in rows:
         cells = []
-        for value, dtype, is_num in zip(df.row(i), df.dtypes, numeric, strict=True):
+        for name, value, dtype, is_num in zip(df.columns, df.row(i), df.dtypes, numeric, strict=True):
             css = ' class="num"' if is_num else ""
-            cells.append(f"<td{css}>{html.escape(format_cell(value, dtype))}</td>")
+            text = format_cell(value, dtype, float_formats.get(name, ".5g"))
+            cells.append(f"<td{css}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     parts = [
         "<!DOCTYPE html>",
@@ -83,8 +88,9 @@ def table_html(df: pl.DataFrame, *, title: str, note: str | None = None, max_row
 
 
 def write_table_html(df: pl.DataFrame, out: Path, *, title: str, note: str | None = None,
-                     max_rows: int = MAX_ROWS) -> None:
-    write_text_atomic(Path(out), table_html(df, title=title, note=note, max_rows=max_rows))
+                     max_rows: int = MAX_ROWS, float_formats: dict[str, str] | None = None) -> None:
+    write_text_atomic(Path(out), table_html(df, title=title, note=note, max_rows=max_rows,
+                                            float_formats=float_formats))
 
 
 def parquet_to_html(table: Path, out: Path, *, title: str | None = None, note: str | None = None,
@@ -92,3 +98,4 @@ def parquet_to_html(table: Path, out: Path, *, title: str | None = None, note: s
     """``tbps plots table``: any Parquet table a stage wrote, as an HTML page."""
     df = read_parquet_checked(table, "table", "pass a Parquet file written by a tbps stage")
     write_table_html(df, out, title=title or str(table), note=note, max_rows=max_rows)
+

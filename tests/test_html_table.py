@@ -93,5 +93,6 @@ def test_collect_html_is_the_written_table(tmp_path):
     assert rows[0] == df.columns
     assert len(rows) == df.height + 1
     r1 = rows[0].index("R1")
-    assert [row[r1] for row in rows[1:]] == [f"{v:.5g}" for v in df["R1"]]
+    assert [row[r1] for row in rows[1:]] == [f"{v:.2f}" for v in df["R1"]]  # metrics: 2 decimals
     assert re.search(r"<h1>metrics table: .*metrics.parquet</h1>", html.read_text())
+

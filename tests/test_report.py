@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -18,6 +19,7 @@ from tbps.plots import METRICS, chance_from_annotations
 pytestmark = pytest.mark.timeout(900)
 
 DATASET = "synthetic"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Tables(HTMLParser):
@@ -110,6 +112,25 @@ def test_every_item_has_a_caption_that_renders_as_text(report):
         results[f"results/{DATASET}/{SMOKE_EXPERIMENT}/train/train_log.html"]["caption"])
 
 
+@pytest.mark.parametrize("caption", sorted(p.name for p in (REPO / "workflow" / "report").glob("*.rst")
+                                            if p.name != "workflow.rst"))
+def test_caption_file_renders_as_text(caption):
+    """Every caption file as Snakemake renders it (Jinja2, then reStructuredText), including the
+    ones the synthetic run has no item for (cross-dataset)."""
+    from types import SimpleNamespace
+
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    wildcards = SimpleNamespace(dataset="cuhk-pedes", experiment="tbps_clip")
+    source = (REPO / "workflow" / "report" / caption).read_text()
+    rendered = Environment(trim_blocks=True, lstrip_blocks=True).from_string(source).render(
+        snakemake=SimpleNamespace(wildcards=wildcards))
+    body = publish_parts(rendered, writer="html", settings_overrides={"report_level": 1})["body"]
+    assert "mailto:" not in body and "system-message" not in body and "problematic" not in body, body
+    assert "{{" not in text_of(body) and "\\" not in text_of(body)
+
+
 def test_tables_open_in_the_browser(report):
     """The eye button shows text/html in the report's own viewer; Parquet stays a download."""
     for path, item in report["results"].items():
@@ -118,6 +139,35 @@ def test_tables_open_in_the_browser(report):
             assert item["data_uri"].startswith("data:text/html"), path
         elif path.endswith(".parquet"):
             assert item["labels"]["item"].endswith("(Parquet, download)"), path
+
+
+def test_tall_figure_starts_in_reach_in_the_image_view(report, tmp_path):
+    """The report centres a result in a box of the window's height; the workflow's stylesheet
+    (workflow/report/stylesheet.css, set by the profiles) aligns it to the top, so the top of the
+    retrieval examples (taller than the window) is on screen, not above the scrollable area."""
+    require_chromium()
+    examples = f"results/{DATASET}/{SMOKE_EXPERIMENT}/plots/examples.png"
+    # What the eye button does; once the image is decoded, where its top edge is, written into
+    # the page (the report's menu holds another, small image: the logo).
+    script = (
+        f"<script>setTimeout(function () {{ var uri = results['{examples}'].data_uri;"
+        " app.setView({content: 'img', contentPath: uri});"
+        " var poll = setInterval(function () {"
+        "  var img = Array.from(document.querySelectorAll('#app img')).find(function (i) { return i.src === uri; });"
+        "  if (!img || !img.complete || !img.naturalHeight) return;"
+        "  clearInterval(poll);"
+        "  document.body.setAttribute('data-image-top', img.getBoundingClientRect().top);"
+        "  document.body.setAttribute('data-image-height', img.getBoundingClientRect().height);"
+        " }, 200); }, 300);</script>"
+    )
+    head, body_end, tail = report["path"].read_text().rpartition("</body>")
+    page = tmp_path / "examples-view.html"
+    page.write_text(head + script + body_end + tail)
+    dom = rendered_dom(page)
+    top = float(re.search(r'data-image-top="([-\d.]+)"', dom).group(1))
+    height = float(re.search(r'data-image-height="([-\d.]+)"', dom).group(1))
+    assert height > 1000  # taller than the window: the case the stylesheet is for
+    assert 0 <= top < 50, top  # without the stylesheet: about -1170 for the demo's page
 
 
 def test_landing_page_in_headless_chromium(report, tmp_path_factory):

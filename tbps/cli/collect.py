@@ -41,6 +41,8 @@ def _run(args) -> int:
     df = collect(args.inputs, args.out, val_curves=args.val_curves)
     if args.html is not None:
         from tbps.html_table import write_table_html
+        from tbps.plots import METRICS
 
-        write_table_html(df, args.html, title=f"metrics table: {args.out}", note=TABLE_NOTE)
+        write_table_html(df, args.html, title=f"metrics table: {args.out}", note=TABLE_NOTE,
+                         float_formats=dict.fromkeys(METRICS, ".2f"))
     return 0
