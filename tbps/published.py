@@ -118,12 +118,15 @@ def for_experiment(experiment: str, dataset: str, selection: str = "last") -> Pu
     """The published row a result of ours should be compared with, or None (e.g. synthetic data).
 
     ``selection`` as in the metrics tables: 'zero-shot' rows (pretrained weights, no fine-tuning)
-    of a B/16 preset compare with the zero-shot CLIP B/16 row.
+    compare with the zero-shot CLIP B/16 row, whatever the run is called (the workflow names it
+    ``zero_shot``; every preset with pretrained weights is a B/16).
     """
+    if selection == "zero-shot":
+        return lookup(ZERO_SHOT_METHOD, dataset)
     method = EXPERIMENT_TO_METHOD.get(experiment)
     if method is None:
         return None
-    return lookup(ZERO_SHOT_METHOD if selection == "zero-shot" else method, dataset)
+    return lookup(method, dataset)
 
 
 def as_frame() -> pl.DataFrame:

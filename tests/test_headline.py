@@ -45,6 +45,15 @@ def test_real_dataset_rows_pair_ours_with_the_papers_row():
     assert rows[1].values["mINP"] is None
 
 
+def test_zero_shot_row_compares_with_the_published_zero_shot_row():
+    # The workflow's zero-shot run is called zero_shot (rule evaluate_zero_shot).
+    rows = headline_rows(metrics("rstpreid", {"zero_shot": 12.0}, selection="zero-shot"), "rstpreid")
+    assert [(r.kind, r.label) for r in rows] == [("ours", "zero_shot (zero-shot)"),
+                                                 ("paper", "paper: zero-shot CLIP B/16")]
+    assert rows[1].values == {"R1": 13.45, "R5": 33.85, "R10": None, "mAP": 10.31, "mINP": None}
+    assert rows[1].source == "NAM paper"
+
+
 def test_rendered_table_shows_the_numbers_as_text_without_mailto_links():
     chance = chance_levels(np.array([2, 2, 3]), 40)
     rst = headline_rst("synthetic", headline_rows(metrics("synthetic", {"tiny_x_": 17.574}), "synthetic", chance))
