@@ -298,4 +298,5 @@ def summary_table(df: pl.DataFrame) -> str:
                                                                                              strict=True)))
 
     text = [fmt_line(line) for line in lines]
-    return "text->image, test split (percent; paper = best epoch on test, spec §8):\n" + "\n".join(text)
+    return ("text->image, test split (percent; paper = its best epoch, picked on the test split, "
+            "docs/method.md#model-selection):\n" + "\n".join(text))
