@@ -470,3 +470,38 @@ def test_results_page_in_a_headless_browser_shows_every_thumbnail(results_page, 
     # The frames' and text's pixels are a small part; decoded thumbnails must cover most of their area.
     assert picture_pixels > 0.6 * thumbnail_area, (picture_pixels, thumbnail_area, shot)
     print(f"screenshot: {shot}")
+
+
+# ----------------------------------------------------------------------------- the workflow's demo page
+
+
+def test_workflow_demo_search_page_is_in_the_report_and_its_index_moves_with_the_run(finished_run, tmp_path,
+                                                                                     capsys):
+    from helpers.workflow_runs import copy_run, snakemake
+
+    run = copy_run(finished_run, tmp_path / "moved" / "run")
+    search = run / "results/synthetic/tiny_smoke/search"
+    text = (search / "demo.html").read_text(encoding="utf-8")
+    configured = json.loads((search / "demo.json").read_text())["queries"]
+    with_ids = [q for q in configured if q["person_id"] is not None]
+    assert [q["query"] for q in configured[:3]] == ["a woman in a red coat with a black backpack",
+                                                    "a man wearing a white shirt, blue jeans and black shoes",
+                                                    "a young woman with long black hair carrying a shoulder bag"]
+    assert with_ids and text.count("<section") == len(configured)
+    assert text.count('class="hit correct"') + text.count('class="hit wrong"') == sum(len(q["results"])
+                                                                                     for q in with_ids)
+    snakemake(run, "--report", str(tmp_path / "report.html"))
+    report = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "demo.html" in report and "Search" in report
+
+    # Moved with its run, the index finds its checkpoint and shards beside it (the old paths are gone).
+    meta_file = search / "test.index" / "index.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model"]["weights"] = meta["model"]["weights_file"] = "/gone/final.pt"
+    meta["source"]["path"] = "/gone/manifest.json"
+    meta_file.write_text(json.dumps(meta))
+    page = tmp_path / "again.html"
+    code, _, err = cli(capsys, "search", "--index", search / "test.index", "a man in a grey jacket", "--top", "3",
+                       "--html", page)
+    assert code == 0, err
+    assert page.read_text().count("data:image/jpeg;base64,") == 3

@@ -100,7 +100,7 @@ def _search(args, queries) -> None:
 
     index = open_index(args.index)
     model = load_search_model(resolve_device(args.device), checkpoint=args.checkpoint, model_name=args.model_name,
-                              pretrained=args.pretrained, recorded=index.model)
+                              pretrained=args.pretrained, recorded=index.model, index_folder=index.folder)
     if not same_model(index.model, model.identity):
         raise model_mismatch(index.folder, index.model, model.identity,
                              "search it without --checkpoint/--model (the index's own model is the default), or "

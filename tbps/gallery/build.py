@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -281,8 +282,9 @@ def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size:
 
     dim = int(model.identity["embed_dim"])
     meta = {
-        "model": model.identity,
-        "source": {"kind": scan.kind, "path": scan.source, "manifest_sha256": scan.manifest_sha256},
+        "model": {**model.identity, **_relative_weights(model.identity, out)},
+        "source": {"kind": scan.kind, "path": scan.source, "relative_path": _relative(scan.source, out),
+                   "manifest_sha256": scan.manifest_sha256},
         "last_run": {"embedded": report.embedded, "reused": report.reused, "kept": report.kept,
                      "resumed": report.resumed, "removed": report.removed, "skipped": len(skipped),
                      "images_per_second": round(report.images_per_second, 2)},
@@ -294,6 +296,16 @@ def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size:
     layout.remove_other_generations(out, generation)
     layout.remove_partial(out)
     return report
+
+
+def _relative(path: str, folder: Path) -> str:
+    """``path`` relative to the index folder: found again when both move together (a copied workflow run)."""
+    return os.path.relpath(path, os.path.abspath(folder))
+
+
+def _relative_weights(identity: dict[str, Any], folder: Path) -> dict[str, str]:
+    weights = identity["weights"]
+    return {"relative_weights": _relative(weights, folder)} if os.path.isabs(weights) else {}
 
 
 def _skipped_frame(skipped: list[Skipped]) -> pl.DataFrame:

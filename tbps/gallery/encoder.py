@@ -159,8 +159,9 @@ def load_open_clip_model(model_name: str, pretrained: str, device: torch.device,
 
 def load_search_model(device: torch.device, *, checkpoint: str | os.PathLike | None = None,
                       model_name: str | None = None, pretrained: str | None = None,
-                      recorded: dict[str, Any] | None = None) -> SearchModel:
-    """The model named by the options; with none of them, the one ``recorded`` by an index."""
+                      recorded: dict[str, Any] | None = None, index_folder: Path | None = None) -> SearchModel:
+    """The model named by the options; with none of them, the one ``recorded`` by the index in ``index_folder``
+    (its weights file looked up relative to the index first, then where it was)."""
     if checkpoint is not None:
         return load_checkpoint_model(checkpoint, device, recorded)
     if model_name is not None:
@@ -169,6 +170,9 @@ def load_search_model(device: torch.device, *, checkpoint: str | os.PathLike | N
         raise UserInputError("no model given. Fix: pass --checkpoint final.pt (of `tbps train`) or --model NAME "
                              "[--pretrained TAG_OR_FILE] for plain open_clip weights")
     weights = recorded["weights"]
+    relative = recorded.get("relative_weights")
+    if index_folder is not None and relative is not None and (index_folder / relative).is_file():
+        weights = str(index_folder / relative)
     if recorded["kind"] == CHECKPOINT:
         if not Path(weights).is_file():
             raise UserInputError(f"the index was built with the checkpoint {weights}, which is not there any more. "

@@ -96,8 +96,18 @@ class GalleryIndex:
         return self.entries.height > 0 and self.entries["person_id"].null_count() == 0
 
     def shard_folder(self) -> Path | None:
+        """The folder of the manifest's shards: beside the index as it was, else where it was."""
         source = self.meta["source"]
-        return Path(source["path"]).parent if source["kind"] == "manifest" else None
+        if source["kind"] != "manifest":
+            return None
+        return locate(self.folder, source.get("relative_path"), source["path"]).parent
+
+
+def locate(folder: Path, relative: str | None, absolute: str) -> Path:
+    """A path an index recorded both relative to itself and absolute: the relative one when it exists."""
+    if relative is not None and (folder / relative).exists():
+        return folder / relative
+    return Path(absolute)
 
 
 def is_index(folder: str | os.PathLike) -> bool:

@@ -321,13 +321,38 @@ def get_val_curves(wildcards):
 
 
 def get_report_figures(wildcards):
-    """A dataset's report figures: `collect` waits for them (see collect.smk)."""
+    """A dataset's report figures and demo search pages: `collect` waits for them (see collect.smk)."""
     runs = trained_runs(wildcards.dataset)
-    return [f"results/{wildcards.dataset}/plots/metrics.png"] + [
-        f"results/{wildcards.dataset}/{run}/plots/{figure}.png"
-        for run in runs
-        for figure in ("training", "examples")
-    ]
+    return (
+        [f"results/{wildcards.dataset}/plots/metrics.png"]
+        + [
+            f"results/{wildcards.dataset}/{run}/plots/{figure}.png"
+            for run in runs
+            for figure in ("training", "examples")
+        ]
+        + [
+            f"results/{wildcards.dataset}/{experiment}/search/demo.html"
+            for experiment in DATASETS[wildcards.dataset]["experiments"]
+        ]
+    )
+
+
+# ---------------------------------------------------------------- search
+
+
+def get_search_queries(wildcards):
+    """The demo page's descriptions: the dataset's `search_queries`, else search.queries."""
+    return DATASETS[wildcards.dataset].get(
+        "search_queries", config["search"]["queries"]
+    )
+
+
+def get_search_captions(wildcards):
+    return config["search"]["captions"]
+
+
+def get_search_top(wildcards):
+    return config["search"]["top"]
 
 
 def get_cross_metrics(wildcards):
