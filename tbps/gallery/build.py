@@ -93,32 +93,67 @@ class BuildReport:
 
 
 @dataclass(frozen=True)
-class _Known:
-    entry: dict[str, Any]
+class _Placed:
+    """Where an output row comes from: row ``row`` of prior source ``source`` (its embedding, and its
+    entry unless ``entry`` replaces it: the same content found under another path or in another shard)."""
+
     source: int
-    """Which embedding array holds it (0: the previous index, then one per partial chunk)."""
     row: int
+    entry: dict[str, Any] | None = None
 
 
 class _Prior:
-    """Embeddings available without a forward pass: the previous index and partial chunks."""
+    """Embeddings available without a forward pass: the previous index (source 0) and partial chunks.
+
+    Columnar (numpy and polars, no per-row Python objects), so updating a million-image index
+    costs two dictionaries of keys, not a million row dictionaries.
+    """
 
     def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
         self.arrays: list[np.ndarray] = []
         self.kinds: list[str] = []
-        self.by_path: dict[str, _Known] = {}
-        self.by_sha: dict[str, _Known] = {}
+        self.sizes: list[np.ndarray] = []
+        self.mtimes: list[np.ndarray] = []
+        self.by_path: dict[str, tuple[int, int]] = {}
+        self.by_sha: dict[str, tuple[int, int]] = {}
 
     def add(self, entries: pl.DataFrame, embeddings: np.ndarray, kind: str) -> int:
-        source = len(self.arrays)
+        source = len(self.frames)
+        self.frames.append(entries)
         self.arrays.append(embeddings)
         self.kinds.append(kind)
-        for row, entry in enumerate(entries.iter_rows(named=True)):
-            known = _Known(entry, source, row)
-            if entry["shard"] is None:
-                self.by_path[entry["path"]] = known
-            self.by_sha.setdefault(entry["sha256"], known)
+        self.sizes.append(entries["bytes"].to_numpy())
+        self.mtimes.append(entries["mtime_ns"].to_numpy())
+        columns = (entries["path"].to_list(), entries["shard"].to_list(), entries["sha256"].to_list())
+        for row, (path, shard, sha) in enumerate(zip(*columns, strict=True)):
+            if shard is None:
+                self.by_path[path] = (source, row)
+            self.by_sha.setdefault(sha, (source, row))
         return source
+
+    def unchanged_file(self, item: ImageItem) -> tuple[int, int] | None:
+        """The prior row of a file with the same path, size and modification time."""
+        hit = self.by_path.get(item.path) if item.shard is None else None
+        if hit is None:
+            return None
+        source, row = hit
+        same = self.sizes[source][row] == item.bytes and self.mtimes[source][row] == item.mtime_ns
+        return hit if same else None
+
+    def entries(self, placed: list[_Placed]) -> pl.DataFrame:
+        """The output rows in order: gathered from the sources, replaced where ``entry`` says."""
+        pieces = []
+        for source, frame in enumerate(self.frames):
+            at = [(pos, p.row) for pos, p in enumerate(placed) if p.source == source and p.entry is None]
+            if at:
+                positions, rows = zip(*at, strict=True)
+                pieces.append(frame[list(rows)].with_columns(pl.Series("_pos", positions, dtype=pl.Int64)))
+        replaced = [(pos, p.entry) for pos, p in enumerate(placed) if p.entry is not None]
+        if replaced:
+            positions, rows = zip(*replaced, strict=True)
+            pieces.append(layout.entries_frame(list(rows)).with_columns(pl.Series("_pos", positions, dtype=pl.Int64)))
+        return pl.concat(pieces).sort("_pos").drop("_pos")
 
 
 class _Partial:
@@ -234,15 +269,15 @@ def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size:
         prior.add(rows, array, "resumed")
 
     report = BuildReport(out, 0)
-    placed: list[_Known | None] = [None] * len(scan.items)
+    placed: list[_Placed | None] = [None] * len(scan.items)
     candidates = []
     for i, item in enumerate(scan.items):
-        hit = prior.by_path.get(item.path) if item.shard is None else None
-        if hit is not None and hit.entry["bytes"] == item.bytes and hit.entry["mtime_ns"] == item.mtime_ns:
-            placed[i] = hit
-            setattr(report, prior.kinds[hit.source], getattr(report, prior.kinds[hit.source]) + 1)
-        else:
+        hit = prior.unchanged_file(item)
+        if hit is None:
             candidates.append(i)
+            continue
+        placed[i] = _Placed(*hit)
+        setattr(report, prior.kinds[hit[0]], getattr(report, prior.kinds[hit[0]]) + 1)
 
     skipped = list(scan.skipped)
     if candidates:
@@ -255,23 +290,24 @@ def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size:
                 bar.update(len(batch))
         report.seconds = time.perf_counter() - started
 
-    final = [k for k in placed if k is not None]
+    final = [p for p in placed if p is not None]
     report.count = len(final)
     report.skipped = skipped
     if not final:
         raise UserInputError(f"--images {images}: none of the {len(scan.items)} image files could be read "
                              f"({skip_summary(skipped)}). Fix: check the files (listed in the log)")
-    entries = layout.entries_frame([k.entry for k in final])
+    entries = prior.entries(final)
     if old is not None:
         report.removed = len(set(old.entries["path"].to_list()) - set(entries["path"].to_list()))
-        report.unchanged = (len(final) == old.count and all(k.source == 0 and k.row == r for r, k in enumerate(final))
+        report.unchanged = (len(final) == old.count
+                            and all(p.source == 0 and p.row == r and p.entry is None for r, p in enumerate(final))
                             and _skipped_frame(skipped).equals(layout.read_skipped(old)))
     if report.unchanged:
         layout.remove_partial(out)
         return report
 
-    sources = np.array([k.source for k in final])
-    rows = np.array([k.row for k in final])
+    sources = np.array([p.source for p in final])
+    rows = np.array([p.row for p in final])
 
     def fill(target: np.ndarray) -> None:
         for source, array in enumerate(prior.arrays):
@@ -314,7 +350,7 @@ def _skipped_frame(skipped: list[Skipped]) -> pl.DataFrame:
 
 
 def _place_batch(batch: list[dict[str, Any]], candidates: list[int], items: list[ImageItem], prior: _Prior,
-                 partial: _Partial, model: SearchModel, placed: list[_Known | None], skipped: list[Skipped],
+                 partial: _Partial, model: SearchModel, placed: list[_Placed | None], skipped: list[Skipped],
                  report: BuildReport) -> None:
     new_rows, new_pixels, new_slots = [], [], []
     for result in batch:
@@ -325,8 +361,10 @@ def _place_batch(batch: list[dict[str, Any]], candidates: list[int], items: list
             continue
         known = prior.by_sha.get(result["sha256"])
         if known is not None:  # known before the run, or embedded by an earlier batch of it
-            entry = _entry(item, result["sha256"], result["bytes"], known.entry["width"], known.entry["height"])
-            placed[slot] = _Known(entry, known.source, known.row)
+            source, row = known
+            width, height = prior.frames[source].select("width", "height").row(row)
+            entry = _entry(item, result["sha256"], result["bytes"], width, height)
+            placed[slot] = _Placed(source, row, entry)
             report.reused += 1
             continue
         new_rows.append(_entry(item, result["sha256"], result["bytes"], result["width"], result["height"]))
@@ -338,5 +376,5 @@ def _place_batch(batch: list[dict[str, Any]], candidates: list[int], items: list
     frame = partial.write(new_rows, features)
     source = prior.add(frame, features, "resumed")
     for row, slot in enumerate(new_slots):
-        placed[slot] = _Known(new_rows[row], source, row)
+        placed[slot] = _Placed(source, row)
     report.embedded += len(new_rows)
