@@ -12,8 +12,10 @@ Three parts (``--parts``, default all):
   real 10k index of ``build`` (128-d) and on synthetic 512-d indexes (ViT-B/16's width) of
   each ``--sizes`` (random unit vectors written through the index writer, so the files are
   what `tbps index` writes). Per size: open (index.json + entries + memory map), text
-  encoding (ViT-B/16 text tower), ranking of 1 and of 10 queries (top 20): the first call
-  (index files maybe not in the page cache) and the median of ``--repeats`` warm calls.
+  encoding of 1 query (ViT-B/16 text tower), ranking alone (1 query, top 20), and the whole
+  answer (encode + rank + paths) for 1 and for 10 queries: each as [first call (index files
+  maybe not in the page cache), median wall time of ``--repeats`` warm calls, their median CPU
+  time].
 - ``memory``: ranking 10 queries over the largest index in a subprocess whose RssAnon (heap:
   what the chunked ranking allocates) and RssFile (pages of the memory-mapped embeddings,
   which the kernel may drop) are sampled every 5 ms.
@@ -48,6 +50,7 @@ from tbps.gallery import layout
 from tbps.gallery.build import build_index
 from tbps.gallery.encoder import SearchModel, load_checkpoint_model
 from tbps.gallery.queries import Query
+from tbps.gallery.ranking import top_k
 from tbps.gallery.search import search_index
 
 QUERIES = [
@@ -195,29 +198,34 @@ def vit_model_identity() -> dict:
             "image_size": [224, 224], "normalisation": "clip", "max_words": 77, "embed_dim": 512}
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(first call, median of ``repeats`` further calls), in milliseconds."""
+def timed(fn, repeats: int) -> list[float]:
+    """[first call, median of ``repeats`` further calls, their median CPU time of this process], in ms.
+
+    CPU time (all threads) shows the work itself on a shared machine, where the wall time also
+    holds the time other processes had the cores."""
     started = time.perf_counter()
     fn()
     first = 1000 * (time.perf_counter() - started)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(1000 * (time.perf_counter() - started))
-    return round(first, 1), round(statistics.median(times), 1)
+        walls.append(1000 * (time.perf_counter() - started))
+        cpus.append(1000 * (time.process_time() - cpu))
+    return [round(first, 1), round(statistics.median(walls), 1), round(statistics.median(cpus), 1)]
 
 
 def latency_row(name: str, folder: Path, model: SearchModel, repeats: int) -> dict:
-    open_first, open_warm = timed(lambda: layout.open_index(folder), repeats)
     index = layout.open_index(folder)
-    encode_first, encode_warm = timed(lambda: model.encode_queries(QUERIES[:1]), repeats)
-    one_first, one_warm = timed(lambda: search_index(index, model, [Query(QUERIES[0])], TOP), repeats)
-    ten_first, ten_warm = timed(lambda: search_index(index, model, [Query(q) for q in QUERIES], TOP), repeats)
     row = {"gallery": name, "images": index.count, "dim": int(index.meta["dim"]),
            "embeddings_mib": round(index.embeddings.nbytes / 2**20, 1),
-           "open_ms": [open_first, open_warm], "encode_1_query_ms": [encode_first, encode_warm],
-           "search_1_query_ms": [one_first, one_warm], "search_10_queries_ms": [ten_first, ten_warm]}
+           "open_ms": timed(lambda: layout.open_index(folder), repeats),
+           "encode_1_query_ms": timed(lambda: model.encode_queries(QUERIES[:1]), repeats),
+           "rank_1_query_ms": timed(lambda: top_k(torch.nn.functional.normalize(torch.randn(1, index.embeddings.shape[1]),
+                                                                                dim=1), index.embeddings, TOP), repeats),
+           "search_1_query_ms": timed(lambda: search_index(index, model, [Query(QUERIES[0])], TOP), repeats),
+           "search_10_queries_ms": timed(lambda: search_index(index, model, [Query(q) for q in QUERIES], TOP),
+                                         repeats)}
     print(f"[latency] {json.dumps(row)}", flush=True)
     return row
 
@@ -236,8 +244,6 @@ def part_latency(args, work: Path) -> list[dict]:
 
 def rank_worker(folder: str) -> None:
     """Subprocess: rank 10 random queries over the index (no model: the ranking's memory only)."""
-    from tbps.gallery.ranking import top_k
-
     index = layout.open_index(folder)
     queries = torch.nn.functional.normalize(torch.randn(10, int(index.meta["dim"])), dim=1)
     print("ready", flush=True)

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 from helpers.browser_search import dump_dom, require_chromium, screenshot
 from PIL import Image
 
@@ -493,6 +494,16 @@ def test_workflow_demo_search_page_is_in_the_report_and_its_index_moves_with_the
     snakemake(run, "--report", str(tmp_path / "report.html"))
     report = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "demo.html" in report and "Search" in report
+
+    # Configured descriptions are data: shell syntax, an option-like word and HTML reach the page as text.
+    hostile = ["a man $(touch PWNED) in `touch PWNED2`; touch PWNED3", "--top", "<b>it's</b> \"quoted\" & spaced"]
+    (run / "hostile.yaml").write_text(yaml.safe_dump({"search": {"queries": hostile, "captions": 0, "top": 2}}))
+    snakemake(run, "results/synthetic/tiny_smoke/search/demo.html", "--forcerun", "search_demo",
+              configfiles=("hostile.yaml",))
+    assert not list(tmp_path.rglob("PWNED*"))
+    redone = json.loads((search / "demo.json").read_text())["queries"]
+    assert [q["query"] for q in redone] == hostile and all(len(q["results"]) == 2 for q in redone)
+    assert "&lt;b&gt;it&#x27;s&lt;/b&gt; &quot;quoted&quot; &amp; spaced" in (search / "demo.html").read_text()
 
     # Moved with its run, the index finds its checkpoint and shards beside it (the old paths are gone).
     meta_file = search / "test.index" / "index.json"
