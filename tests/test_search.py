@@ -275,6 +275,34 @@ def test_index_refuses_a_folder_that_is_not_an_index(photos, ckpt, tmp_path, cap
     assert code == 2 and "no images found (1 files skipped: 1 not_an_image_file)" in err
 
 
+@pytest.mark.parametrize("damage", ["embeddings removed", "entries truncated", "pickled object array",
+                                    "newer format version"])
+def test_a_damaged_index_is_a_clear_error(damage, photo_index, tmp_path, capsys):
+    out = copy_index(photo_index, tmp_path)
+    meta = json.loads((out / "index.json").read_text())
+    files = meta["files"]
+    if damage == "embeddings removed":
+        (out / files["embeddings"]["name"]).unlink()
+        expected = f"{files['embeddings']['name']}: missing"
+    elif damage == "entries truncated":
+        entries = out / files["entries"]["name"]
+        entries.write_bytes(entries.read_bytes()[:100])
+        expected = "100 bytes, index.json says"
+    elif damage == "pickled object array":
+        embeddings = out / files["embeddings"]["name"]
+        np.save(embeddings, np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
+        files["embeddings"]["bytes"] = embeddings.stat().st_size  # as if index.json vouched for it
+        (out / "index.json").write_text(json.dumps(meta))
+        expected = "not a plain numeric .npy array"
+    else:
+        meta["version"] = 99
+        (out / "index.json").write_text(json.dumps(meta))
+        expected = "format version 99, this tbps reads version 1"
+    code, _, err = cli(capsys, "search", "--index", out, "a man")
+    message = error_of(err, "search")
+    assert code == 2 and expected in message and "Fix:" in message, message
+
+
 # ----------------------------------------------------------------------------- models
 
 
