@@ -10,6 +10,7 @@
 #   train     shards -> fine-tuned checkpoints per experiment
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
+#   probes    the paper's compression probe: module importance, frozen vs dropped text layers
 
 configfile: "config/config.yaml"
 
@@ -25,7 +26,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="train|val|test",
-    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+)?",
+    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+|-freeze[0-9]+|-drop[0-9]+)?",
     index=r"\d{6}",
 
 
@@ -35,6 +36,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/probes.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, dry runs, the missing-download message, a real data-stage run."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,25 @@ def test_few_shot_and_cross_runs_join_the_dag(workdir):
     assert "results/synthetic/tiny_tbps_clip_simplified-fs0.1/train/final.pt" in out
     assert "--set data.few_shot_fraction=0.1" in out or "wildcards: dataset=synthetic, experiment=tiny_tbps_clip_simplified-fs0.1" in out
     assert "results/cross/metrics.parquet" in out
+
+
+def test_compression_target_plans_the_stand_in_the_probe_and_every_run(workdir):
+    """results/synthetic/compression.parquet: the pre-trained stand-in on its own synthetic dataset, the
+    importance probe of the full preset, and each preset uncompressed and with x layers frozen or dropped."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    compression = cfg["datasets"]["synthetic"]["compression"]
+    result = snakemake(workdir, "-n", "-p", f"--configfile={workdir / 'config.yaml'}",
+                       "results/synthetic/compression.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    for rule in ("synth", "synth_pretrain", "train", "evaluate", "probe_importance", "plot_importance", "compression"):
+        assert f"rule {rule}:" in out, rule
+    trained = set(re.findall(r"results/([a-z-]+)/([A-Za-z0-9_.-]+)/train/final\.pt", out))
+    runs = {(p, f"{p}-{mode}{x}") for p in compression["experiments"] for mode in ("freeze", "drop")
+            for x in compression["x"]}
+    assert len(runs) == 2 * len(compression["x"]) * 2
+    assert trained == ({("synthetic-pretrain", "tiny_probe_pretrain")}
+                       | {("synthetic", run) for pair in runs for run in pair})
+    importance = "results/synthetic/tiny_probe_tbps_clip/probe/importance.parquet"
+    assert f"--set model.compress_from_importance.table={importance}" in out
+    assert "--set model.compress_from_importance.mode=drop" in out

@@ -1,12 +1,13 @@
 # Shared by every stage file: config validation, dataset facts, input functions.
 import mimetypes
 import os
+import re
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from tbps.datasets import REAL_DATASETS, SYNTHETIC
+from tbps.datasets import REAL_DATASETS, is_synthetic
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -21,8 +22,8 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 
 def dataset_format(dataset):
-    """Published annotation format of a dataset (the synthetic one mimics one of them)."""
-    return DATASETS[dataset].get("format", "cuhk-pedes") if dataset == SYNTHETIC else dataset
+    """Published annotation format of a dataset (a synthetic one mimics one of them)."""
+    return DATASETS[dataset].get("format", "cuhk-pedes") if is_synthetic(dataset) else dataset
 
 
 def dataset_splits(dataset):
@@ -33,12 +34,25 @@ def raw_dir(dataset):
     return DATASETS[dataset]["raw"]
 
 
+SYNTHETIC_DATASETS = [d for d in DATASETS if is_synthetic(d)]
+
+
+def synth_annotation(dataset):
+    """The annotation file `tbps synth` writes into a synthetic dataset's raw folder."""
+    return f"{raw_dir(dataset)}/{REAL_DATASETS[dataset_format(dataset)].annotation_files[0]}"
+
+
+def synth_rule_name(dataset):
+    """`synth` for `synthetic`, `synth_<name>` for `synthetic-<name>`."""
+    return f"synth{dataset.removeprefix('synthetic').replace('-', '_')}"
+
+
 def raw_annotation(wildcards):
     """The raw annotation file; stops the run at once, with instructions, when a download is missing."""
     dataset = wildcards.dataset
     info = REAL_DATASETS[dataset_format(dataset)]
-    if dataset == SYNTHETIC:
-        return f"{raw_dir(dataset)}/{info.annotation_files[0]}"
+    if is_synthetic(dataset):
+        return synth_annotation(dataset)
     for name in info.annotation_files:
         if Path(raw_dir(dataset), name).is_file():
             return f"{raw_dir(dataset)}/{name}"
@@ -55,11 +69,14 @@ def raw_annotation(wildcards):
 
 FEW_SHOT_SUFFIX = "-fs"
 ZERO_SHOT = "zero_shot"
+# `<preset>-freeze<x>` / `<preset>-drop<x>`: the preset with x text layers frozen or dropped.
+COMPRESSION_RUN = re.compile(r"^(?P<preset>[A-Za-z0-9_]+)-(?P<mode>freeze|drop)(?P<x>[0-9]+)$")
 
 
 def base_experiment(run):
-    """`tbps_clip-fs0.05` (a few-shot run of tbps_clip) -> `tbps_clip`."""
-    return run.split(FEW_SHOT_SUFFIX)[0]
+    """`tbps_clip-fs0.05` (a few-shot run) or `tbps_clip-drop3` (a compression run) -> `tbps_clip`."""
+    compressed = COMPRESSION_RUN.match(run)
+    return compressed["preset"] if compressed else run.split(FEW_SHOT_SUFFIX)[0]
 
 
 def experiment_file(wildcards):
@@ -69,7 +86,53 @@ def experiment_file(wildcards):
 def few_shot_override(wildcards):
     """`--set data.few_shot_fraction=F` for few-shot runs (spec §9), nothing otherwise."""
     _, _, fraction = wildcards.experiment.partition(FEW_SHOT_SUFFIX)
-    return f"--set data.few_shot_fraction={fraction}" if fraction else ""
+    return ["--set", f"data.few_shot_fraction={fraction}"] if fraction else []
+
+
+def compression_settings(dataset):
+    """The dataset's `compression:` entry (runs of the paper's §3.5 probe), or None."""
+    return DATASETS[dataset].get("compression")
+
+
+def importance_table(dataset):
+    settings = compression_settings(dataset)
+    return f"results/{dataset}/{settings['importance_experiment']}/probe/importance.parquet"
+
+
+def compression_override(wildcards):
+    """The text layers a compression run freezes or drops: from the dataset's measured importance table
+    (`layers: importance`) or the paper's Table 17 ids (`layers: paper`); nothing for other runs."""
+    from tbps.published import compression_row
+
+    run = COMPRESSION_RUN.match(wildcards.experiment)
+    if run is None:
+        return []
+    mode, x = run["mode"], int(run["x"])
+    if compression_settings(wildcards.dataset)["layers"] == "paper":
+        layers = ",".join(map(str, compression_row(x).text_layers))
+        return ["--set", f"model.{mode}_text_layers=[{layers}]"]
+    choice = "model.compress_from_importance"
+    return ["--set", f"{choice}.table={importance_table(wildcards.dataset)}", "--set", f"{choice}.x={x}",
+            "--set", f"{choice}.mode={mode}"]
+
+
+def get_run_overrides(wildcards):
+    """`--set KEY=VALUE` arguments that make a run of its base experiment (few-shot, compression)."""
+    return few_shot_override(wildcards) + compression_override(wildcards)
+
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def pretrained_checkpoint(experiment):
+    """The experiment's model.pretrained when it names a file (e.g. a final.pt built by this workflow)
+    rather than an open_clip tag, else None."""
+    from tbps.config import load_experiment
+
+    pretrained = load_experiment(EXPERIMENT_DIR / f"{base_experiment(experiment)}.yaml").model.pretrained
+    if pretrained and (len(Path(pretrained).parts) > 1 or Path(pretrained).suffix in WEIGHT_FILE_SUFFIXES):
+        return pretrained
+    return None
 
 
 def trained_runs(dataset):
@@ -186,6 +249,13 @@ def train_inputs(wildcards):
     }
     if has_split(wildcards.dataset, "val"):
         inputs["val"] = shard_manifest(wildcards.dataset, "val")
+    # A model of ours standing in for pre-trained CLIP is trained first.
+    pretrained = pretrained_checkpoint(wildcards.experiment)
+    if pretrained:
+        inputs["pretrained"] = pretrained
+    run = COMPRESSION_RUN.match(wildcards.experiment)
+    if run and compression_settings(wildcards.dataset)["layers"] == "importance":
+        inputs["importance"] = importance_table(wildcards.dataset)
     return inputs
 
 
@@ -209,3 +279,67 @@ def launcher(wildcards, resources):
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node {gpus} -m tbps"
     return "python -m tbps"
+
+
+# ----------------------------------------------------------------- the compression probe (probes.smk)
+
+PROBE_SETTINGS = config.get("probes", {}).get("importance", {})
+COMPRESSION_MODES = ("freeze", "drop")
+
+
+def get_probe_split(wildcards):
+    """R@1 of the probe is measured on the val split where there is one: the probe chooses which
+    layers to compress, a model-selection decision the test split stays out of."""
+    return "val" if has_split(wildcards.dataset, "val") else "test"
+
+
+def get_probe_shards(wildcards):
+    return shard_manifest(wildcards.dataset, get_probe_split(wildcards))
+
+
+def get_probe_initial_weights(wildcards):
+    """The run's pre-trained weights when this workflow builds them (theta0 of C2)."""
+    pretrained = pretrained_checkpoint(wildcards.experiment)
+    return [pretrained] if pretrained and PROBE_SETTINGS.get("theta0", "pretrained") == "pretrained" else []
+
+
+def get_compression(wildcards):
+    """The dataset's compression settings; stops with instructions when it has none."""
+    settings = compression_settings(wildcards.dataset)
+    if settings is None:
+        sys.stderr.write(
+            f"\nERROR: results/{wildcards.dataset}/compression.parquet needs a `compression:` entry for "
+            f"{wildcards.dataset} in config/config.yaml (experiments, x, layers, importance_experiment; see "
+            f"the one of `synthetic` or `cuhk-pedes`).\n\n"
+        )
+        sys.exit(1)
+    return settings
+
+
+def get_compression_runs(wildcards):
+    """Every preset uncompressed (x = 0), then with x text layers frozen and dropped for each x."""
+    settings = get_compression(wildcards)
+    return [
+        run
+        for preset in settings["experiments"]
+        for run in [preset]
+        + [f"{preset}-{mode}{x}" for mode in COMPRESSION_MODES for x in settings["x"]]
+    ]
+
+
+def get_compression_metrics(wildcards):
+    return [f"results/{wildcards.dataset}/{run}/eval/test.parquet" for run in get_compression_runs(wildcards)]
+
+
+def get_compression_checkpoints(wildcards):
+    return [f"results/{wildcards.dataset}/{run}/train/final.pt" for run in get_compression_runs(wildcards)]
+
+
+def get_compression_heatmaps(wildcards):
+    experiment = get_compression(wildcards)["importance_experiment"]
+    return f"results/{wildcards.dataset}/{experiment}/plots/importance.png"
+
+
+def get_raw_folder_of_output(wildcards, output):
+    """The folder an output file is written into (a raw dataset folder)."""
+    return os.path.dirname(output[0])

@@ -1,32 +1,36 @@
 # Raw data -> normalised caption table.
 
 
-rule synth:
-    """Generate the embedded synthetic pedestrian dataset in a published annotation format."""
-    output:
-        annotation=f"{raw_dir(SYNTHETIC)}/{REAL_DATASETS[dataset_format(SYNTHETIC)].annotation_files[0]}"
-        if SYNTHETIC in DATASETS
-        else "resources/raw/synthetic/.unused",
-    params:
-        raw=lambda wildcards, output: os.path.dirname(output.annotation),
-        fmt=dataset_format(SYNTHETIC) if SYNTHETIC in DATASETS else "",
-        ids=DATASETS.get(SYNTHETIC, {}).get("synth_ids", 400),
-        seed=DATASETS.get(SYNTHETIC, {}).get("synth_seed", 0),
-    log:
-        "logs/synth/synthetic.log",
-    benchmark:
-        "logs/benchmarks/synth/synthetic.tsv"
-    conda:
-        "../../envs/tbps.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "python -m tbps synth --format {params.fmt} --out {params.raw} --ids {params.ids} --seed {params.seed}"
-        # --force: a changed synth_ids/synth_seed regenerates the folder in place.
-        " --force"
-        " > {log} 2>&1"
+# One generator rule per synthetic dataset (`synthetic`, `synthetic-<name>`): each writes its own raw folder.
+for synth_dataset in SYNTHETIC_DATASETS:
+
+    rule:
+        """Generate a synthetic pedestrian dataset in a published annotation format."""
+        name:
+            synth_rule_name(synth_dataset)
+        output:
+            annotation=synth_annotation(synth_dataset),
+        params:
+            raw=get_raw_folder_of_output,
+            fmt=dataset_format(synth_dataset),
+            ids=DATASETS[synth_dataset].get("synth_ids", 400),
+            seed=DATASETS[synth_dataset].get("synth_seed", 0),
+        log:
+            f"logs/synth/{synth_dataset}.log",
+        benchmark:
+            f"logs/benchmarks/synth/{synth_dataset}.tsv"
+        conda:
+            "../../envs/tbps.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        shell:
+            "python -m tbps synth --format {params.fmt:q} --out {params.raw:q} --ids {params.ids:q}"
+            " --seed {params.seed:q}"
+            # --force: a changed synth_ids/synth_seed regenerates the folder in place.
+            " --force"
+            " > {log:q} 2>&1"
 
 
 rule prepare:

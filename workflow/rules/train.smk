@@ -17,7 +17,7 @@ rule train:
         out=lambda wc, output: os.path.dirname(output.final),
         val=lambda wc, input: f"--val {input.val}" if "val" in input.keys() else "",
         launcher=launcher,
-        few_shot=few_shot_override,
+        overrides=get_run_overrides,
     log:
         "logs/train/{dataset}/{experiment}.log",
     benchmark:
@@ -33,4 +33,4 @@ rule train:
     shell:
         # --resume: a requeued or interrupted job continues from its last checkpoint.
         "{params.launcher} train --experiment {input.experiment} --train {input.train} {params.val}"
-        " {params.few_shot} --out {params.out} --resume > {log} 2>&1"
+        " {params.overrides:q} --out {params.out} --resume > {log} 2>&1"
