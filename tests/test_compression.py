@@ -171,7 +171,8 @@ def test_an_importance_choice_is_resolved_into_layer_ids(tmp_path):
 
 
 def probe_experiment(**model):
-    overrides = {"model": {"pretrained": None, **model}, "data": {"batch_size": 32, "num_workers": 0},
+    overrides = {"model": {"pretrained": None, **model},
+                 "data": {"batch_size": 32, "num_workers": 0, "few_shot_fraction": 0.5},
                  "optim": {"epochs": 1}, "train": {"checkpoint_every_steps": 1000, "log_every_steps": 1000,
                                                    "eval_every_epoch": False}}
     return load_experiment(os.path.join(EXPERIMENTS, "tiny_probe_tbps_clip_simplified.yaml"), overrides)

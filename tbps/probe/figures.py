@@ -56,7 +56,9 @@ def plot_importance(table: pl.DataFrame, out: Path, *, title: str | None = None)
                 image = ax.imshow(grid, cmap="viridis", vmin=min(0.0, np.nanmin(grid)), vmax=1.0, aspect="auto")
                 for (r, c), value in np.ndenumerate(grid):
                     if np.isfinite(value):
-                        ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        # Round half-hundredths to a plain 0.00 rather than "-0.00".
+                        label = f"{value:.2f}" if abs(value) >= 0.005 else "0.00"
+                        ax.text(c, r, label, ha="center", va="center", fontsize=7,
                                 color="white" if value < 0.6 else "black")
                 ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
                 ax.set_yticks(range(len(KINDS)), KINDS)
@@ -93,6 +95,10 @@ def plot_compression(table: pl.DataFrame, out: Path, *, dataset: str, title: str
             ax.set_title(preset, fontsize=10)
             ax.grid(True, linewidth=0.3)
             ax.legend(fontsize=8)
+        # At least 10 points of R@1 in view: a zoomed axis would make seed noise look like an effect.
+        low, high = float(table["R1"].min()), float(table["R1"].max())
+        middle, half = (low + high) / 2, max(5.0, (high - low) / 2 + 1.5)
+        axes[0].set_ylim(max(0.0, middle - half), min(100.0, middle + half))
         axes[0].set_ylabel("R@1 (text->image, test, %)")
         fig.suptitle(title or f"{dataset}: freezing vs dropping text layers", fontsize=11)
         save_figure(fig, out)
