@@ -206,15 +206,15 @@ def trainable_selection(cfg: ModelConfig, plan: TextLayerPlan, *, only: tuple[st
     return TrainableSelection(frozen=frozen + plan.frozen_prefixes(), only=only)
 
 
-def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *,
-                   with_simclr_head: bool) -> tuple[TBPSModel, ParameterCount]:
+def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *, with_simclr_head: bool,
+                   only: tuple[str, ...] = ()) -> tuple[TBPSModel, ParameterCount]:
     """The TBPSModel around a loaded ``clip``: text layers dropped, text attention dropout set, the
-    SimCLR head added, and the trainable parameters selected."""
+    SimCLR head added, and the trainable parameters selected (``only``: see :func:`trainable_selection`)."""
     drop_text_layers(clip, plan)
     set_text_attention_dropout(clip, cfg.text_attn_dropout)
     model = TBPSModel(clip, name=cfg.name, logit_scale_max=cfg.logit_scale_max,
                       simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None)
-    return model, apply_selection(model, trainable_selection(cfg, plan))
+    return model, apply_selection(model, trainable_selection(cfg, plan, only=only))
 
 
 def build_model(cfg: ModelConfig, *, with_simclr_head: bool) -> BuiltModel:

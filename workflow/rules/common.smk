@@ -109,7 +109,14 @@ def compression_override(wildcards):
         return []
     mode, x = run["mode"], int(run["x"])
     if compression_settings(wildcards.dataset)["layers"] == "paper":
-        layers = ",".join(map(str, compression_row(x).text_layers))
+        row = compression_row(x)
+        if row is None:
+            sys.stderr.write(
+                f"\nERROR: {wildcards.experiment}: the paper's Table 17 lists x = 1..5 text layers only. Fix: "
+                f"set `layers: importance` in the compression entry of {wildcards.dataset}, or x <= 5.\n\n"
+            )
+            sys.exit(1)
+        layers = ",".join(map(str, row.text_layers))
         return ["--set", f"model.{mode}_text_layers=[{layers}]"]
     choice = "model.compress_from_importance"
     return ["--set", f"{choice}.table={importance_table(wildcards.dataset)}", "--set", f"{choice}.x={x}",
