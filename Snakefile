@@ -12,6 +12,11 @@
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
 #   probes    the paper's compression probe: module importance, frozen vs dropped text layers
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 configfile: "config/config.yaml"
 
 
@@ -44,6 +49,6 @@ report: "workflow/report/workflow.rst"
 
 rule all:
     """The embedded default: the whole pipeline on the generated synthetic dataset."""
+    default_target: True
     input:
         "results/synthetic/metrics.parquet",
-    default_target: True

@@ -1,8 +1,8 @@
 """Collect stage: per-run metric rows (and per-epoch validation curves) -> one metrics table.
 
 Inputs are the Parquet files written by ``tbps evaluate`` (one row per direction) and,
-optionally, the ``val_curve.parquet`` files written by ``tbps train`` when a dataset has a
-val split. Every input is validated strictly (columns, dtypes, nulls, NaN, ranges): a
+optionally, the ``val_curve.parquet`` files written by ``tbps train`` (no rows when a dataset
+has no val split). Every input is validated strictly (columns, dtypes, nulls, NaN, ranges): a
 metrics table that silently mixes a half-written or foreign file would be worse than none.
 
 Output columns (``OUTPUT_SCHEMA``, in this order), one row per
@@ -17,8 +17,11 @@ Output columns (``OUTPUT_SCHEMA``, in this order), one row per
   evaluated the run (git commit and tree state, Python, torch, CUDA/cuDNN, open_clip, webdataset,
   GPUs, the lock file's hash and the installed packages that differ from it).
 - Validation rows have no gallery counts, data hash, environment, checkpoint or creation
-  time (training does not record them per epoch): those are null. Their seed and
-  config hash come from the ``config.yaml`` that training writes beside the curve.
+  time (training does not record them per epoch): those are null. Their seed, config
+  hash and synonym source come from the ``config.yaml`` that training writes beside the curve.
+- ``synonym_source``: where the run's text augmentation drew synonyms (``table`` or ``wordnet``, the
+  resolved ``data.synonym_source``), ``none`` when it drew none (and for zero-shot rows); for
+  validation rows it comes from the run's ``config.yaml``.
 - ``source``: the input file the row came from.
 """
 
@@ -50,7 +53,7 @@ EVAL_COLUMNS: dict[str, str] = {
     "dataset": _STR, "experiment": _STR, "split": _STR, "direction": _STR, "epoch": _INT, "selection": _STR,
     **dict.fromkeys(METRICS, _FLOAT),
     "num_queries": _INT, "num_gallery": _INT, "seed": _INT,
-    "config_sha256": _STR, "data_sha256": _STR,
+    "config_sha256": _STR, "data_sha256": _STR, "synonym_source": _STR,
     **{name: {str: _STR, int: _INT}[kind] for name, kind in ENVIRONMENT_FIELDS.items()},
     "checkpoint": _STR, "created_at": _STR,
 }
@@ -64,7 +67,7 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
     "direction": pl.String, "selection": pl.String, "epoch": pl.Int64,
     **dict.fromkeys(METRICS, pl.Float64),
     "num_queries": pl.Int64, "num_gallery": pl.Int64, "seed": pl.Int64,
-    "config_sha256": pl.String, "data_sha256": pl.String,
+    "config_sha256": pl.String, "data_sha256": pl.String, "synonym_source": pl.String,
     **{name: {str: pl.String, int: pl.Int64}[kind] for name, kind in ENVIRONMENT_FIELDS.items()},
     "checkpoint": pl.String, "created_at": pl.String, "source": pl.String,
 }
@@ -103,9 +106,10 @@ def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
-def validate_values(df: pl.DataFrame, path: Path, non_null: Sequence[str], fix: str) -> None:
+def validate_values(df: pl.DataFrame, path: Path, non_null: Sequence[str], fix: str, *,
+                    allow_empty: bool = False) -> None:
     """No nulls where a value is required; metrics finite and within [0, 100]; known splits/directions."""
-    if df.height == 0:
+    if df.height == 0 and not allow_empty:
         raise input_error(path, "has no rows", fix)
     for column in non_null:
         bad = _first_bad(df, pl.col(column).is_null())
@@ -128,6 +132,12 @@ def validate_values(df: pl.DataFrame, path: Path, non_null: Sequence[str], fix: 
     bad = _first_bad(df, pl.col("epoch") < 0)
     if bad is not None:
         raise input_error(path, f"column epoch = {df['epoch'][bad]} is negative", fix, record=bad)
+    # Only zero-shot rows describe a model trained for 0 epochs; anything else is an untrained model.
+    trained = pl.col("selection") != "zero-shot" if "selection" in df.columns else pl.lit(True)
+    bad = _first_bad(df, trained & (pl.col("epoch") < 1))
+    if bad is not None:
+        raise input_error(path, f"row with epoch {df['epoch'][bad]}: an untrained model is not a result", fix,
+                          record=bad)
 
 
 def parse_experiment(name: str, *, where: Path | str) -> tuple[str, str | None]:
@@ -171,20 +181,22 @@ def val_curve_owner(path: Path) -> tuple[str, str]:
     return dataset, experiment
 
 
-def _training_provenance(train_dir: Path) -> tuple[int | None, str | None]:
-    """Seed and config hash of the run, from the config.yaml training writes beside its outputs."""
+def _training_provenance(train_dir: Path) -> tuple[int | None, str | None, str | None]:
+    """Seed, config hash and synonym source of the run, from the config.yaml training writes beside its
+    outputs."""
     import yaml
 
     from tbps.config import config_from_dict
+    from tbps.data.synonym_sources import synonym_source_used
 
     config = train_dir / "config.yaml"
     if not config.is_file():
-        return None, None
+        return None, None, None
     try:
         cfg = config_from_dict(yaml.safe_load(config.read_text(encoding="utf-8")))
     except (yaml.YAMLError, UserInputError, ValueError, TypeError, KeyError) as e:
         raise input_error(config, f"not a training configuration ({e})", "rerun `tbps train`") from None
-    return cfg.train.seed, cfg.sha256()
+    return cfg.train.seed, cfg.sha256(), synonym_source_used(cfg.data)
 
 
 def read_val_curve(path: Path) -> pl.DataFrame:
@@ -193,7 +205,8 @@ def read_val_curve(path: Path) -> pl.DataFrame:
     fix = "rerun `tbps train` to rewrite it"
     df = _read(path, "validation curve")
     validate_columns(df, VAL_COLUMNS, path, fix)
-    validate_values(df, path, non_null=list(VAL_COLUMNS), fix=fix)
+    # No rows: the run had no val split (or per-epoch validation off).
+    validate_values(df, path, non_null=list(VAL_COLUMNS), fix=fix, allow_empty=True)
     bad = _first_bad(df, pl.col("split") != "val")
     if bad is not None:
         raise input_error(path, f"split = {df['split'][bad]!r} in a validation curve", fix, record=bad)
@@ -205,11 +218,12 @@ def load_val_curve(path: Path) -> pl.DataFrame:
     path = Path(path)
     dataset, experiment = val_curve_owner(path)
     df = read_val_curve(path)
-    seed, config_sha = _training_provenance(path.parent)
+    seed, config_sha, synonym_source = _training_provenance(path.parent)
     df = df.with_columns(
         pl.lit(dataset).alias("dataset"), pl.lit(dataset).alias("train_dataset"), pl.lit(experiment).alias("experiment"),
         pl.lit("epoch").alias("selection"), pl.lit(seed, dtype=pl.Int64).alias("seed"),
-        pl.lit(config_sha, dtype=pl.String).alias("config_sha256"), pl.lit(str(path)).alias("source"),
+        pl.lit(config_sha, dtype=pl.String).alias("config_sha256"),
+        pl.lit(synonym_source, dtype=pl.String).alias("synonym_source"), pl.lit(str(path)).alias("source"),
     )
     return _to_output(df)
 
@@ -218,21 +232,6 @@ def _to_output(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(
         (pl.col(c) if c in df.columns else pl.lit(None)).cast(dtype).alias(c) for c, dtype in OUTPUT_SCHEMA.items()
     )
-
-
-def resolve_val_curves(paths: Sequence[Path]) -> list[Path]:
-    """A train folder contributes its val_curve.parquet when it has one (training writes it only for
-    datasets with a val split); a file is required to exist."""
-    found = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            if (p / VAL_CURVE_NAME).is_file():
-                found.append(p / VAL_CURVE_NAME)
-            else:
-                log.info("%s: no %s (no val split, or per-epoch validation off): no curve", p, VAL_CURVE_NAME)
-        else:
-            found.append(p)
-    return found
 
 
 def check_unique(df: pl.DataFrame) -> None:
@@ -250,8 +249,7 @@ def check_unique(df: pl.DataFrame) -> None:
 def collect_frame(inputs: Sequence[Path], val_curves: Sequence[Path] = ()) -> pl.DataFrame:
     """Validated, de-duplicated, deterministically sorted metrics table (not written)."""
     frames = [load_eval_metrics(p) for p in inputs]
-    curves = resolve_val_curves(val_curves)
-    frames += [load_val_curve(p) for p in curves]
+    frames += [load_val_curve(p) for p in val_curves]
     if not frames:
         raise UserInputError(
             "collect: no metrics files were given. Fix: pass them with --inputs (for results/cross/metrics.parquet: "
@@ -260,7 +258,7 @@ def collect_frame(inputs: Sequence[Path], val_curves: Sequence[Path] = ()) -> pl
     df = pl.concat(frames, how="vertical")
     check_unique(df)
     log.info("collected %d rows from %d metrics file(s) and %d validation curve(s)", df.height, len(inputs),
-             len(curves))
+             len(val_curves))
     return df.sort(KEY)
 
 
@@ -300,4 +298,5 @@ def summary_table(df: pl.DataFrame) -> str:
                                                                                              strict=True)))
 
     text = [fmt_line(line) for line in lines]
-    return "text->image, test split (percent; paper = best epoch on test, spec §8):\n" + "\n".join(text)
+    return ("text->image, test split (percent; paper = its best epoch, picked on the test split, "
+            "docs/method.md#model-selection):\n" + "\n".join(text))

@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader
 
 from tbps.config import ExperimentConfig
 from tbps.data.captions import clean_caption
+from tbps.data.synonym_sources import synonym_source_used
 from tbps.data.transforms import eval_transform
 from tbps.device import resolve_device
+from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic
 from tbps.metrics import retrieval_metrics, topk_indices
 from tbps.progress import progress
@@ -91,8 +93,13 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
     for start in progress(range(0, len(cleaned), batch_size), desc="encode captions", unit="batch"):
         tokens = tokenizer(cleaned[start:start + batch_size]).to(device)
         text_features.append(model.encode_text(tokens).float().cpu())
-    return Encoded(torch.cat(image_features), np.asarray(image_ids, dtype=np.int64), image_paths,
-                   torch.cat(text_features), np.asarray(text_ids, dtype=np.int64), captions)
+    encoded = Encoded(torch.cat(image_features), np.asarray(image_ids, dtype=np.int64), image_paths,
+                      torch.cat(text_features), np.asarray(text_ids, dtype=np.int64), captions)
+    for name, features in (("image", encoded.image_features), ("text", encoded.text_features)):
+        if not bool(torch.isfinite(features).all()):
+            raise UserInputError(f"{manifest}: the model gives non-finite (NaN or infinite) {name} features, so "
+                                 "its rankings would be meaningless. Fix: retrain it (e.g. with a lower optim.lr)")
+    return encoded
 
 
 def score(encoded: Encoded, query_chunk: int = 1024) -> EvalResult:
@@ -152,12 +159,12 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
     if checkpoint_path is not None:
         trained = load_trained_model(checkpoint_path, dev)
         model, tokenizer, cfg = trained.model, trained.tokenizer, trained.config
-        epoch, seed = trained.epochs, trained.seed
+        epoch, seed, config_sha = trained.epochs, trained.seed, trained.config_sha256
     else:
         cfg = load_experiment(experiment_file)
         bundle = build_model(cfg.model, with_simclr_head=False)
         model, tokenizer = bundle.model.to(dev), bundle.tokenizer
-        epoch, seed = 0, cfg.train.seed
+        epoch, seed, config_sha = 0, cfg.train.seed, cfg.sha256()
     result = evaluate_model(model, tokenizer, manifest, cfg, dev, num_workers=num_workers)
     data_sha = sha256_file(manifest)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -167,7 +174,10 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
             "dataset": dataset, "experiment": experiment, "split": split, "direction": direction,
             "epoch": epoch, "selection": "last" if checkpoint_path is not None else "zero-shot", **metrics,
             "num_queries": result.num_queries[direction], "num_gallery": result.num_gallery[direction],
-            "seed": seed, "config_sha256": cfg.sha256(), "data_sha256": data_sha, **environment(),
+            "seed": seed, "config_sha256": config_sha, "data_sha256": data_sha,
+            # A checkpoint's config holds the resolved source; a zero-shot row trained nothing.
+            "synonym_source": synonym_source_used(cfg.data) if checkpoint_path is not None else "none",
+            **environment(),
             "checkpoint": str(checkpoint_path) if checkpoint_path is not None else "",
             "created_at": created,
         })

@@ -153,6 +153,53 @@ def topk_indices(similarity: ArrayLike, k: int, *, query_chunk: int = 1024) -> t
     return out
 
 
+def similarity_topk(
+    queries: torch.Tensor, gallery: torch.Tensor, k: int, *, query_chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``k`` gallery items per query by dot product, without the full Q x G matrix.
+
+    ``queries`` (Q x D) and ``gallery`` (G x D) are feature rows (L2-normalised for cosine
+    similarity). Returns (scores, indices), each Q x min(k, G), best first, with the tie order of
+    :func:`retrieval_metrics` (equal scores: lower gallery index first). Memory is
+    O(query_chunk x G); the scores are computed in float32 (or float64 for float64 inputs).
+    """
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"expected Q x D and G x D features, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if query_chunk < 1:
+        raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
+    dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
+    gallery = gallery.to(dtype)
+    num_q, num_g = queries.shape[0], gallery.shape[0]
+    k = min(k, num_g)
+    scores = torch.empty(num_q, k, dtype=dtype, device=gallery.device)
+    indices = torch.empty(num_q, k, dtype=torch.int64, device=gallery.device)
+    for start in range(0, num_q, query_chunk):
+        stop = min(start + query_chunk, num_q)
+        chunk = queries[start:stop].to(device=gallery.device, dtype=dtype) @ gallery.t()
+        scores[start:stop], indices[start:stop] = _stable_topk(chunk, k)
+    return scores, indices
+
+
+def _stable_topk(chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk with ties broken by lower index, as a full stable sort would."""
+    values, idx = torch.topk(chunk, k, dim=1)
+    # Order the k winners by (score desc, index asc): sort by index, then stably by score.
+    by_index = torch.sort(idx, dim=1).indices
+    values, idx = values.gather(1, by_index), idx.gather(1, by_index)
+    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
+    values, idx = values.gather(1, by_score), idx.gather(1, by_score)
+    # topk may keep a later index among items tied with the k-th score: redo those rows exactly.
+    kth = values[:, -1:]
+    ambiguous = (chunk == kth).sum(dim=1) != (values == kth).sum(dim=1)
+    if bool(ambiguous.any()):
+        rows = ambiguous.nonzero().flatten()
+        order = torch.sort(chunk[rows], dim=1, descending=True, stable=True)
+        values[rows], idx[rows] = order.values[:, :k], order.indices[:, :k]
+    return values, idx
+
+
 def _positive_ranks(
     scores: torch.Tensor, q_ids: torch.Tensor, g_order: torch.Tensor, g_sorted_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

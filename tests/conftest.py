@@ -42,3 +42,19 @@ def synthetic_shards(synthetic_raw, tmp_path_factory):
                     augmented=augmented if split == "train" else None, max_samples=48, progress=False)
         out[split] = root / "shards" / split / "manifest.json"
     return out
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished run of the whole workflow (raw data -> results/synthetic/metrics.parquet) on a tiny
+    synthetic overlay, built once per session (~40 s). The folder holds the checkout's workflow
+    files, overlay.yaml, results/, resources/, logs/ and .snakemake/.
+
+    Read it, or copy it first (``helpers.workflow_runs.copy_run``): other tests share it.
+    """
+    from helpers.workflow_runs import METRICS, make_run_folder, snakemake
+
+    folder = make_run_folder(tmp_path_factory.mktemp("finished") / "run")
+    snakemake(folder, METRICS)
+    assert (folder / METRICS).is_file()
+    return folder

@@ -9,11 +9,19 @@ import pytest
 import yaml
 
 from tbps.cli import main
-from tbps.collect import OUTPUT_SCHEMA, collect, collect_frame, parse_experiment, summary_table
+from tbps.collect import (
+    OUTPUT_SCHEMA,
+    collect,
+    collect_frame,
+    load_eval_metrics,
+    parse_experiment,
+    summary_table,
+)
 from tbps.config import ExperimentConfig
 from tbps.errors import UserInputError
 from tbps.provenance import FIELDS
 from tbps.published import as_frame, for_experiment, lookup
+from tbps.train import VAL_CURVE_SCHEMA
 
 METRIC_VALUES = {"R1": 70.0, "R5": 85.0, "R10": 90.0, "mAP": 62.5, "mINP": 45.0}
 ENVIRONMENT = {name: 1 if kind is int else f"example {name}" for name, kind in FIELDS.items()}
@@ -25,7 +33,7 @@ def eval_table(dataset: str, experiment: str, r1: float = 70.0, **overrides) -> 
     for direction in ("t2i", "i2t"):
         row = {"dataset": dataset, "experiment": experiment, "split": "test", "direction": direction, "epoch": 5,
                "selection": "last", **METRIC_VALUES, "R1": r1, "num_queries": 100, "num_gallery": 50, "seed": 1,
-               "config_sha256": "c" * 64, "data_sha256": "d" * 64, **ENVIRONMENT,
+               "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none", **ENVIRONMENT,
                "checkpoint": f"results/{dataset}/{experiment}/train/final.pt",
                "created_at": "2024-01-01T00:00:00+00:00"}
         row.update(overrides)
@@ -41,14 +49,15 @@ def write_eval(tmp_path: Path, dataset: str, experiment: str, df: pl.DataFrame |
 
 
 def write_val_curve(tmp_path: Path, dataset: str, experiment: str, epochs: int = 2, config: bool = True) -> Path:
+    """A val_curve.parquet as `tbps train` writes it (``epochs=0``: a run without validation)."""
     train_dir = tmp_path / "results" / dataset / experiment / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"epoch": e, "split": "val", "direction": d, **METRIC_VALUES, "R1": 10.0 * e}
             for e in range(1, epochs + 1) for d in ("t2i", "i2t")]
-    pl.DataFrame(rows).write_parquet(train_dir / "val_curve.parquet")
+    pl.DataFrame(rows, schema=VAL_CURVE_SCHEMA).write_parquet(train_dir / "val_curve.parquet")
     if config:
         (train_dir / "config.yaml").write_text(yaml.safe_dump(ExperimentConfig().to_dict(), sort_keys=False))
-    return train_dir
+    return train_dir / "val_curve.parquet"
 
 
 # --------------------------------------------------------------------------- concatenation and order
@@ -80,14 +89,12 @@ def test_collect_is_byte_identical_whatever_the_input_order(tmp_path):
     assert out1.read_bytes() == out2.read_bytes()
 
 
-def test_val_curves_are_added_from_train_folders(tmp_path, caplog):
+def test_val_curves_add_one_row_per_epoch_and_direction(tmp_path):
     metrics = write_eval(tmp_path, "cuhk-pedes", "tbps_clip")
     with_curve = write_val_curve(tmp_path, "cuhk-pedes", "tbps_clip", epochs=3)
-    without_curve = tmp_path / "results" / "cuhk-pedes" / "clip_baseline" / "train"
-    without_curve.mkdir(parents=True)
+    without_validation = write_val_curve(tmp_path, "cuhk-pedes", "clip_baseline", epochs=0)
 
-    with caplog.at_level(logging.INFO, logger="tbps.collect"):
-        df = collect_frame([metrics], val_curves=[with_curve, without_curve])
+    df = collect_frame([metrics], val_curves=[with_curve, without_validation])
 
     val = df.filter(pl.col("split") == "val")
     assert val.height == 6  # 3 epochs x 2 directions
@@ -97,8 +104,8 @@ def test_val_curves_are_added_from_train_folders(tmp_path, caplog):
     # Provenance the curve itself lacks comes from training's config.yaml; the rest stays null.
     assert set(val["config_sha256"]) == {ExperimentConfig().sha256()}
     assert set(val["seed"]) == {ExperimentConfig().train.seed}
+    assert set(val["synonym_source"]) == {"none"}  # the recipe draws no synonyms
     assert val["num_gallery"].null_count() == val.height
-    assert "clip_baseline/train: no val_curve.parquet" in caplog.text
     # The test rows come first, then the val curve (split order), each sorted by direction and epoch.
     assert df["split"].to_list() == ["test"] * 2 + ["val"] * 6
 
@@ -106,7 +113,7 @@ def test_val_curves_are_added_from_train_folders(tmp_path, caplog):
 def test_val_curve_file_must_sit_in_the_results_layout(tmp_path):
     metrics = write_eval(tmp_path, "cuhk-pedes", "tbps_clip")
     stray = tmp_path / "val_curve.parquet"
-    pl.read_parquet(write_val_curve(tmp_path, "cuhk-pedes", "tbps_clip") / "val_curve.parquet").write_parquet(stray)
+    pl.read_parquet(write_val_curve(tmp_path, "cuhk-pedes", "tbps_clip")).write_parquet(stray)
     with pytest.raises(UserInputError, match=r"val_curve\.parquet: cannot tell the dataset"):
         collect_frame([metrics], val_curves=[stray])
 
@@ -240,3 +247,11 @@ def test_published_numbers_match_the_spec():
     table = as_frame()
     assert table.height == 5 * 3 + 1 + 6 * 3 + 3
     assert table.filter(pl.struct("method", "dataset").is_duplicated()).height == 0
+
+
+def test_an_untrained_model_is_not_collected_as_a_result(tmp_path):
+    path = write_eval(tmp_path, "synthetic", "tiny_tbps_clip", epoch=0)
+    with pytest.raises(UserInputError, match="row with epoch 0: an untrained model is not a result"):
+        load_eval_metrics(path)
+    zero_shot = write_eval(tmp_path, "synthetic", "zero_shot", epoch=0, selection="zero-shot")
+    assert load_eval_metrics(zero_shot)["epoch"].to_list() == [0, 0]

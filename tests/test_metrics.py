@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tbps.metrics import retrieval_metrics, topk_indices
+from tbps.metrics import retrieval_metrics, similarity_topk, topk_indices
 
 # Spec §8 worked example: gallery ids A B A C B, queries A and B.
 A, B, C = 0, 1, 2
@@ -216,3 +216,27 @@ def test_topk_indices_follow_the_same_tie_order():
     assert topk_indices(sim, 500).shape == (sim.shape[0], sim.shape[1])  # k beyond the gallery
     example = topk_indices(torch.tensor(EXAMPLE_SIM), 5)
     assert example.tolist() == [[1, 3, 0, 2, 4], [1, 3, 2, 0, 4]]  # spec §8 orderings
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_similarity_topk_equals_a_full_stable_ranking(chunk):
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(37, 8, generator=gen), dim=1)
+    gallery = torch.nn.functional.normalize(torch.randn(53, 8, generator=gen), dim=1)
+    gallery[10] = gallery[3]  # exact ties: the lower gallery index must come first
+    gallery[40] = gallery[3]
+    scores, indices = similarity_topk(queries, gallery, 7, query_chunk=chunk)
+    full = queries @ gallery.t()
+    expected = torch.sort(full, dim=1, descending=True, stable=True)
+    assert torch.equal(indices, expected.indices[:, :7])
+    torch.testing.assert_close(scores, expected.values[:, :7])
+    assert torch.equal(indices, topk_indices(full, 7))
+
+
+def test_similarity_topk_breaks_ties_at_the_cut_by_gallery_index():
+    queries = torch.ones(2, 1)
+    gallery = torch.tensor([[0.5], [1.0], [0.5], [0.5], [0.2]])
+    scores, indices = similarity_topk(queries, gallery, 3)
+    assert indices.tolist() == [[1, 0, 2], [1, 0, 2]]
+    assert scores.tolist() == [[1.0, 0.5, 0.5], [1.0, 0.5, 0.5]]
+    assert similarity_topk(queries, gallery, 99)[1].shape == (2, 5)  # k beyond the gallery

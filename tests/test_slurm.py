@@ -86,7 +86,7 @@ rule slurm_gpu_probe:
     output:
         "{PROBE_TARGET}",
     params:
-        launcher=launcher,
+        launcher=get_launcher,
     resources:
         gpu={FAKE_GPUS},
         cpus_per_gpu=2,
@@ -251,12 +251,14 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
     for target in [*TARGETS, PROBE_TARGET]:
         assert (workdir / target).is_file(), f"{target} was not built"
 
-    # Every job of the run was submitted with sbatch, ran under Slurm and completed there.
+    # Every job of the run was submitted with sbatch, ran under Slurm and completed there; only
+    # shards_present (a local rule without a command: it touches a stamp) stays on this host.
     submitted = {m.group(1): (m.group(2), m.group(3)) for m in SUBMITTED.finditer(log)}
     finished = {m.group(1): m.group(2) for m in FINISHED.finditer(log)}
     assert finished, "no finished jobs in the Snakemake output"
-    assert set(finished) == set(submitted), (
-        f"jobs that finished without sbatch: {sorted(set(finished) - set(submitted))}"
+    local = {job for job, rule in finished.items() if rule == "shards_present"}
+    assert local and set(finished) - local == set(submitted), (
+        f"jobs that finished without sbatch: {sorted(set(finished) - local - set(submitted))}"
     )
     rules = set(finished.values())
     expected = {"synth", "prepare", "augment", "shard_plan", "shard", "shard_manifest", "slurm_gpu_probe"}

@@ -17,7 +17,7 @@ from tbps.errors import UserInputError
 from tbps.fileio import sha256_file
 from tbps.ingest.formats import find_annotation_file, parse_records, read_json
 from tbps.synth import generate as synth
-from tbps.synth.generate import generate_dataset, plan_dataset
+from tbps.synth.generate import generate_dataset, plan_dataset, read_marker
 from tbps.synth.people import person_attributes
 from tbps.synth.vocabulary import COLOURS, HAIR_COLOURS
 
@@ -59,7 +59,8 @@ def _captions_by_id(records: list[dict]) -> dict[int, list[str]]:
 @pytest.mark.parametrize("fmt", list(FIELDS))
 def test_annotation_file_fields_and_types(datasets, fmt):
     out, _, records = datasets[fmt]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["imgs", info(fmt).annotation_files[0]])
+    # The release's files, plus the hidden marker that says the generator made the folder.
+    assert sorted(p.name for p in out.iterdir()) == sorted(["imgs", info(fmt).annotation_files[0], synth.MARKER_NAME])
     assert isinstance(records, list) and records
     for r in records:
         assert list(r) == FIELDS[fmt]  # release field order, nothing extra
@@ -245,7 +246,46 @@ def test_bad_arguments_are_user_errors_and_leave_folders_alone(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_prints_counts_and_replaces_a_folder_only_with_force(tmp_path, capsys):
+def test_finished_folder_records_its_parameters(tmp_path):
+    generate_dataset("rstpreid", tmp_path / "out", ids=3, seed=5, val_ids=2, test_ids=2, size=SIZE)
+    assert read_marker(tmp_path / "out") == {
+        "generator": "tbps synth", "generator_version": synth.GENERATOR_VERSION, "format": "rstpreid", "ids": 3,
+        "seed": 5, "images_per_id": None, "val_ids": 2, "test_ids": 2, "size": list(SIZE),
+    }
+
+
+def test_own_folder_is_regenerated_in_place_when_parameters_change(tmp_path):
+    out = tmp_path / "out"
+    kwargs = {"ids": 3, "val_ids": 2, "test_ids": 2, "size": SIZE}
+    generate_dataset("cuhk-pedes", out, seed=1, **kwargs)
+    first = (out / "reid_raw.json").read_bytes()
+    generate_dataset("cuhk-pedes", out, seed=2, **kwargs)
+    assert (out / "reid_raw.json").read_bytes() != first and read_marker(out)["seed"] == 2
+    generate_dataset("cuhk-pedes", out, seed=1, **kwargs)
+    assert (out / "reid_raw.json").read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old copy left
+
+
+@pytest.mark.parametrize("marker", [None, "not json", '{"generator": "someone else"}'],
+                         ids=["no marker", "broken marker", "foreign marker"])
+def test_folder_it_did_not_make_is_refused_untouched(tmp_path, marker):
+    download = tmp_path / "CUHK-PEDES"
+    (download / "imgs").mkdir(parents=True)
+    (download / "reid_raw.json").write_text("[]")
+    (download / "imgs" / "a.jpg").write_bytes(b"mine")
+    if marker is not None:
+        (download / synth.MARKER_NAME).write_text(marker)
+    before = {p: p.read_bytes() for p in download.rglob("*") if p.is_file()}
+    with pytest.raises(UserInputError) as err:
+        generate_dataset("cuhk-pedes", download, ids=2, size=SIZE)
+    message = str(err.value)
+    assert str(download) in message and "not made by `tbps synth`" in message  # which folder, why
+    assert "datasets: synthetic: raw:" in message and "delete" in message  # how to fix
+    assert {p: p.read_bytes() for p in download.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CUHK-PEDES"]
+
+
+def test_cli_prints_counts_and_replaces_only_its_own_folder_without_force(tmp_path, capsys):
     out = tmp_path / "rstp"
     args = ["synth", "--format", "rstpreid", "--out", str(out), "--ids", "3", "--val-ids", "2",
             "--test-ids", "2", "--images-per-id", "2", "--size", "32x64", "--seed", "1"]
@@ -256,10 +296,17 @@ def test_cli_prints_counts_and_replaces_a_folder_only_with_force(tmp_path, capsy
     assert len(records) == 14
     with Image.open(out / "imgs" / records[0]["img_path"]) as im:
         assert im.size == (32, 64)
-    assert main(args) == 2  # exists: refuses
-    assert "--force" in capsys.readouterr().err
-    assert main([*args, "--seed", "2", "--force"]) == 0
+    # Its own folder (marker inside) is regenerated in place with the new parameters.
+    assert main([*args[:-1], "2"]) == 0
     assert json.loads((out / "data_captions.json").read_text()) != records
+    assert read_marker(out)["seed"] == 2
+    foreign = tmp_path / "download"
+    foreign.mkdir()
+    (foreign / "data_captions.json").write_text("[]")
+    assert main([*args[:4], str(foreign), *args[5:]]) == 2
+    assert "not made by `tbps synth`" in capsys.readouterr().err
+    assert main([*args[:4], str(foreign), *args[5:], "--force"]) == 0
+    assert read_marker(foreign)["format"] == "rstpreid"
     assert main(["synth", "--format", "icfg-pedes", "--out", str(tmp_path / "i"), "--val-ids", "3"]) == 2
     assert "no val split" in capsys.readouterr().err
 

@@ -1,100 +1,52 @@
-"""What a config change reruns: exactly the affected stages, planned by `snakemake -n`.
+"""What reruns, and what a dry run leaves behind, on a copy of a finished synthetic run.
 
-One small synthetic data build (synth -> prepare -> augment -> shards of train and val) with the
-local profile (workflow/profiles/default), then dry runs with config overlays. Snakemake notices
-config changes through the `params` rerun trigger (the values are recorded per output in
-.snakemake/metadata); the downstream stages then follow through `mtime`/`input`.
+Config changes are planned with `snakemake -n` and config overlays: Snakemake notices them
+through the `params` rerun trigger (the values are recorded per output in .snakemake/metadata);
+the downstream stages then follow through `mtime`/`input`. A deleted shard is rebuilt by a real
+run. Dry runs and --lint must not change a file of the run, and a run copied to another folder
+must plan nothing there (no absolute path in the DAG).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers.workflow_runs import (
+    METRICS,
+    copy_run,
+    output_of,
+    planned_jobs,
+    snakemake,
+    tree_digest,
+)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = [f"results/synthetic/shards/{split}/manifest.json" for split in ("train", "val")]
-# A tiny dataset, no augmentation model, one shard per split: the build takes seconds.
-OVERLAY = {
-    "datasets": {
-        "synthetic": {
-            "raw": "resources/raw/synthetic",
-            "format": "cuhk-pedes",
-            "synth_ids": 4,
-            "synth_seed": 0,
-            "experiments": ["tiny_tbps_clip"],
-            "augment_backend": "none",
-        }
-    },
-    "shards": {"max_samples": 1000},
-}
 ALL_TRIGGERS = ["mtime", "params", "input", "software-env", "code"]
-JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
-def _snakemake(workdir: Path, *args: str, configfiles=(), targets=TARGETS, timeout=240) -> str:
-    cmd = [
-        sys.executable, "-m", "snakemake", *targets, *args,
-        "--profile", "workflow/profiles/default", "--cores", "2",
-        "--configfile", "overlay.yaml", *configfiles,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
-    return out
-
-
-def _planned(out: str) -> dict[str, set[str]]:
-    """rule -> outputs of the jobs a dry run would execute."""
-    plan: dict[str, set[str]] = {}
-    rule = None
-    for line in out.splitlines():
-        header = JOB_HEADER.match(line)
-        if header:
-            rule = header.group(1)
-            plan.setdefault(rule, set())
-        elif rule and line.startswith("    output: "):
-            plan[rule].update(part.strip() for part in line[len("    output: ") :].split(","))
-            rule = None
-    return plan
-
-
-def _dry_run(workdir: Path, change: dict | None = None, triggers=ALL_TRIGGERS, targets=TARGETS):
+def _dry_run(folder, change: dict | None = None, triggers=ALL_TRIGGERS, targets=TARGETS):
     """(rule -> planned outputs, Snakemake's output) of a dry run with `change` over the overlay."""
     configfiles = []
     if change is not None:
-        (workdir / "change.yaml").write_text(yaml.safe_dump(change))
+        (folder / "change.yaml").write_text(yaml.safe_dump(change))
         configfiles = ["change.yaml"]
-    out = _snakemake(
-        workdir, "--dry-run", "--rerun-triggers", *triggers, configfiles=configfiles, targets=targets
-    )
-    return _planned(out), out
+    out = output_of(snakemake(folder, *targets, "--dry-run", "--rerun-triggers", *triggers,
+                              configfiles=configfiles))
+    return planned_jobs(out), out
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """A workflow copy with synthetic train/val shards built for the small overlay."""
-    workdir = tmp_path_factory.mktemp("reruns")
-    shutil.copy2(REPO / "Snakefile", workdir / "Snakefile")
-    for folder in ("workflow", "config", "envs"):
-        shutil.copytree(REPO / folder, workdir / folder)
-    (workdir / "overlay.yaml").write_text(yaml.safe_dump(OVERLAY))
-    _snakemake(workdir)
-    for target in TARGETS:
-        assert (workdir / target).is_file()
-    return workdir
+def built(finished_run, tmp_path_factory):
+    """A copy of the finished run that the dry runs below may write change.yaml into."""
+    return copy_run(finished_run, tmp_path_factory.mktemp("reruns") / "run")
 
 
 def test_unchanged_config_plans_nothing(built):
-    plan, out = _dry_run(built)
+    plan, out = _dry_run(built, targets=[*TARGETS, METRICS])
     assert plan == {}
     assert "Nothing to be done" in out
 
@@ -115,6 +67,7 @@ def test_augment_change_reruns_augment_and_train_shards_only(built, change):
             "results/synthetic/shards/train/shard-000000.tar",
             "results/synthetic/shards/train/shard-000000.json",
         },
+        "shards_present": {"results/synthetic/shards/train/shards-present.stamp"},
         "shard_manifest": {"results/synthetic/shards/train/manifest.json"},
     }, out
     assert "Params have changed since last execution" in out
@@ -129,31 +82,87 @@ def test_augment_change_is_noticed_by_the_params_trigger(built):
 def test_shard_size_change_replans_every_split_and_nothing_upstream(built):
     plan, out = _dry_run(built, {"shards": {"max_samples": 5}})
     # The plans are checkpoints: the shards they will name are only known once they ran,
-    # so a dry run lists the plans and the manifests (the shard jobs appear in the real run).
+    # so a dry run lists the plans and what reads them (the shard jobs appear in the real run).
     assert plan == {
-        "shard_plan": {f"results/synthetic/shards/{split}/{name}" for split in ("train", "val")
-                       for name in ("plan.json", ".shards-check")},
+        "shard_plan": {f"results/synthetic/shards/{split}/plan.json" for split in ("train", "val")},
+        "shards_present": {f"results/synthetic/shards/{split}/shards-present.stamp" for split in ("train", "val")},
         "shard_manifest": {f"results/synthetic/shards/{split}/manifest.json" for split in ("train", "val")},
     }, out
 
 
-def test_deleted_shard_reruns_that_shard_and_its_manifest_only(built):
-    shard = "results/synthetic/shards/val/shard-000000.tar"
-    aside = built / "shard.aside"
-    check = built / "results/synthetic/shards/val/.shards-check"
-    check_bytes, check_stat = check.read_bytes(), check.stat()
-    (built / shard).rename(aside)  # a rename keeps the mtime: putting it back restores the build
-    try:
-        # The split's .shards-check marker is rewritten before the DAG is built, so the manifest
-        # reruns and brings back exactly the missing shard; the train split and everything
-        # upstream stay as they are.
-        plan, out = _dry_run(built)
-        assert plan == {
-            "shard": {shard, shard.replace(".tar", ".json")},
-            "shard_manifest": {"results/synthetic/shards/val/manifest.json"},
-        }, out
-        assert "shard-000000.tar" in check.read_text()
-    finally:
-        aside.rename(built / shard)
-        check.write_bytes(check_bytes)
-        os.utime(check, ns=(check_stat.st_atime_ns, check_stat.st_mtime_ns))
+# --------------------------------------------------------------------------- dry runs change nothing
+
+
+def test_dry_run_and_lint_change_no_file(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "run")
+    before = tree_digest(run)
+    for args in ([METRICS, "--dry-run"], ["--lint"], [METRICS, "--dry-run", "--forceall"]):
+        snakemake(run, *args)
+        assert tree_digest(run) == before, args
+
+
+def test_dry_run_with_a_missing_shard_plans_it_and_changes_no_file(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "results/synthetic/shards/val/shard-000000.tar").unlink()
+    before = tree_digest(run)
+    plan = planned_jobs(output_of(snakemake(run, METRICS, "--dry-run")))
+    assert plan["shard"] == {"results/synthetic/shards/val/shard-000000.tar",
+                             "results/synthetic/shards/val/shard-000000.json"}
+    assert tree_digest(run) == before
+
+
+# --------------------------------------------------------------------------- a deleted shard
+
+
+def test_deleted_train_shard_is_rebuilt_with_what_reads_the_split(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "run")
+    shard = run / "results/synthetic/shards/train/shard-000000.tar"
+    original = shard.read_bytes()
+    shard.unlink()
+    before = tree_digest(run)
+
+    ran = planned_jobs(output_of(snakemake(run, METRICS)))
+
+    run_dir = "results/synthetic/tiny_smoke"
+    expected = {
+        "shard": {"results/synthetic/shards/train/shard-000000.tar",
+                  "results/synthetic/shards/train/shard-000000.json"},
+        "shards_present": {"results/synthetic/shards/train/shards-present.stamp"},
+        "shard_manifest": {"results/synthetic/shards/train/manifest.json"},
+        "train": {f"{run_dir}/train/{name}" for name in ("final.pt", "train_log.parquet", "val_curve.parquet")},
+        "evaluate": {f"{run_dir}/eval/test.parquet", f"{run_dir}/eval/test_examples.parquet"},
+        "shards": {"results/synthetic/shards/complete.stamp"},
+        "plot_training": {f"{run_dir}/plots/training.png"},
+        "plot_examples": {f"{run_dir}/plots/examples.png"},
+        "plot_train_log": {f"{run_dir}/train/train_log.html"},
+        "plot_metrics": {"results/synthetic/plots/metrics.png", "results/synthetic/plots/headline.rst"},
+        "plots": {"results/synthetic/plots/complete.stamp"},
+        "collect": {METRICS, "results/synthetic/metrics.html"},
+    }
+    assert ran == expected
+    after = tree_digest(run)
+    changed = {p for p in after if p.startswith(("results/", "resources/")) and after[p] != before.get(p)}
+    # Training may also rewrite what it does not declare: its resumable checkpoint and config copy.
+    declared = set().union(*expected.values())
+    assert declared <= changed <= declared | {f"{run_dir}/train/checkpoints/last.pt", f"{run_dir}/train/config.yaml"}
+    assert shard.read_bytes() == original
+    manifest = "results/synthetic/shards/train/manifest.json"
+    assert (run / manifest).read_bytes() == (finished_run / manifest).read_bytes()
+    # Snakemake records the params it saw while planning, so the next run renews the split's
+    # stamp once (nothing reads it as new: the manifest takes it as `ancient`); then nothing.
+    assert planned_jobs(output_of(snakemake(run, METRICS))) == {
+        "shards_present": {"results/synthetic/shards/train/shards-present.stamp"}}
+    assert "Nothing to be done" in output_of(snakemake(run, METRICS))
+
+
+# --------------------------------------------------------------------------- relocation
+
+
+def test_copied_run_plans_nothing_in_its_new_folder(finished_run, tmp_path):
+    """No absolute path in the DAG: a finished run moved elsewhere is still up to date."""
+    moved = copy_run(finished_run, tmp_path / "elsewhere" / "deeper" / "run")
+    result = snakemake(moved, METRICS, "--dry-run")
+    assert "Nothing to be done" in output_of(result), output_of(result)[-3000:]
+    metadata = (moved / ".snakemake" / "metadata").iterdir()
+    assert not any(str(finished_run) in p.read_text() for p in metadata)
+    assert os.fspath(finished_run) not in (moved / "overlay.yaml").read_text()

@@ -21,6 +21,7 @@ The direct code below is about 40 lines and sets all of it explicitly.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,29 @@ def model_fingerprint(name_or_dir: str) -> str:
     return f"dir-sha256:{h.hexdigest()}"
 
 
+TRANSLATE_EXTRA = ("transformers", "sentencepiece")
+"""Modules of the ``translate`` extra that MarianMT needs (its tokenizer is a SentencePiece model)."""
+
+
+def missing_extra_error(missing: list[str], detail: str = "") -> UserInputError:
+    return UserInputError(
+        f"the backtranslation backend needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+        f"not installed{f' ({detail})' if detail else ''}. Fix: install the translate extra: "
+        "pip install 'tbps[translate]' (or use the backend synonyms or none)")
+
+
+def require_translate_extra() -> None:
+    """A clear error, instead of an ImportError deep inside transformers, when the extra is missing."""
+    missing = []
+    for module in TRANSLATE_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise missing_extra_error(missing)
+
+
 class _Translator:
     """One MarianMT direction: tokenizer + model on a device."""
 
@@ -70,6 +94,8 @@ class _Translator:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(name_or_dir).to(device).eval()
+        except ImportError as e:  # a dependency transformers loads lazily for this model
+            raise missing_extra_error([getattr(e, "name", None) or "a module"], str(e)[:200]) from None
         except (OSError, ValueError) as e:
             raise input_error(
                 name_or_dir, f"cannot load the translation model ({type(e).__name__}: {str(e)[:300]})",
@@ -121,6 +147,7 @@ class BackTranslationBackend:
         if self._models is None:
             from tbps.device import resolve_device
 
+            require_translate_extra()
             device = resolve_device(self.device)
             log.info("loading %s and %s on %s", self.model_en_fr, self.model_fr_en, device)
             self._models = (_Translator(self.model_en_fr, device), _Translator(self.model_fr_en, device))

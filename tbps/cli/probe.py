@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     importance.add_argument("--out", required=True, type=Path, help="importance Parquet table to write")
     importance.add_argument("--summary", type=Path, default=None,
                             help="also write a JSON summary (reference R@1, encodes per tower, wall time)")
+    importance.add_argument("--html", type=Path, default=None, metavar="PATH",
+                            help="also write the table as an HTML page (the report shows it)")
     importance.add_argument("--dataset", required=True, help="dataset key recorded in the rows")
     importance.add_argument("--experiment", required=True, help="experiment name recorded in the rows")
     importance.add_argument("--split", required=True, help="name of the measured split, recorded in the rows")
@@ -78,6 +80,8 @@ def register(subparsers) -> None:
     compression.add_argument("--dataset", required=True, help="dataset whose test rows are collected")
     compression.add_argument("--out", required=True, type=Path, help="compression Parquet table to write")
     compression.add_argument("--figure", type=Path, default=None, help="also draw R@1 against x (PNG)")
+    compression.add_argument("--html", type=Path, default=None, metavar="PATH",
+                             help="also write the table as an HTML page (the report shows it)")
     compression.set_defaults(func=_compression)
 
 
@@ -88,7 +92,17 @@ def _importance(args) -> int:
                      experiment=args.experiment, split=args.split, theta0=args.theta0, epsilon=args.epsilon,
                      alpha_step=args.alpha_step, device=args.device, num_workers=args.workers,
                      batch_size=args.batch_size)
+    if args.html is not None:
+        _html_page(args.out, args.html, title=f"module importance: {args.experiment} on {args.dataset}",
+                   note="C1 (normalised R@1 drop when the module is removed) and C2 (smallest alpha that keeps "
+                        "R@1 within epsilon) per tower, layer and module; docs/method.md D22-D23.")
     return 0
+
+
+def _html_page(table: Path, out: Path, *, title: str, note: str) -> None:
+    from tbps.html_table import parquet_to_html
+
+    parquet_to_html(table, out, title=title, note=note)
 
 
 def _heatmaps(args) -> int:
@@ -111,4 +125,8 @@ def _compression(args) -> int:
     from tbps.probe.compression import write_compression
 
     write_compression(args.metrics, args.checkpoints, args.out, dataset=args.dataset, figure=args.figure)
+    if args.html is not None:
+        _html_page(args.out, args.html, title=f"frozen vs dropped text layers: {args.dataset}",
+                   note="Each preset with x text layers frozen or dropped, its trainable parameters beside the "
+                        "paper's Table 17 and its test R@1 (paper Sec. 3.5; docs/method.md D24).")
     return 0

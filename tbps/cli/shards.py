@@ -8,6 +8,10 @@ from pathlib import Path
 DEFAULT_MAX_SAMPLES = 64  # mirrors tbps.shards.plan.DEFAULT_MAX_SAMPLES (kept here: no heavy import)
 
 
+# Options with an optional value (nargs="?"): given bare they mean "none", so the workflow can
+# write `--augmented {input.augmented:q}` with an empty list and every value stays one quoted word.
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "shards",
@@ -25,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--out", required=True, help="plan JSON to write")
     plan.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
                       help=f"images per shard (default {DEFAULT_MAX_SAMPLES}: >= 4 shards in each split of the default synthetic set)")
-    plan.add_argument("--max-bytes", type=int, default=None,
-                      help="cap on a shard's estimated size, from the source image sizes (default: none)")
+    plan.add_argument("--max-bytes", type=int, nargs="?", default=None, const=None,
+                      help="cap on a shard's estimated size, from the source image sizes "
+                      "(default, or given without a value: none)")
     plan.add_argument("--seed", type=int, default=0, help="seed of the image order (default 0)")
     plan.add_argument("--name-prefix", default="shard", help="shard file name prefix (default: shard)")
     plan.set_defaults(func=_plan)
@@ -35,12 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     write.add_argument("--plan", required=True, help="plan JSON from `tbps shards plan`")
     write.add_argument("--shard-index", type=int, required=True, help="index of the shard in the plan")
     write.add_argument("--captions", required=True, help="the annotations.parquet the plan was made from")
-    write.add_argument("--augmented", default=None,
-                       help="captions_aug.parquet from `tbps augment` (joined on caption_id; train only)")
+    write.add_argument("--augmented", nargs="?", default=None, const=None,
+                       help="captions_aug.parquet from `tbps augment` (joined on caption_id; train only; "
+                       "given without a value: none)")
     write.add_argument("--raw", required=True, help="raw dataset folder")
     write.add_argument("--out", required=True, help="shard path, named as in the plan (shard-000000.tar)")
-    write.add_argument("--image-size", default=None, metavar="HxW",
-                       help="re-encode images at this size, e.g. 224x224 (default: original bytes)")
+    write.add_argument("--image-size", nargs="?", default=None, const=None, metavar="HxW",
+                       help="re-encode images at this size, e.g. 224x224 (default, or given without a value: "
+                       "original bytes)")
     write.add_argument("--image-format", choices=["keep", "jpg", "png"], default=None,
                        help="keep = original bytes; jpg/png = re-encode "
                        "(default: keep, or jpg when --image-size is given)")

@@ -36,12 +36,17 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--format", required=True, choices=FORMATS, help="layout and annotation format to write")
-    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --force)")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new, empty, or made by an earlier `tbps synth` (then regenerated "
+                        "in place); any other non-empty folder is refused unless --force")
+    # nargs="?": a bare --ids/--seed keeps the default, so the workflow passes a value only when
+    # the config sets one and the generator's defaults stay the only ones.
     parser.add_argument(
-        "--ids", type=int, default=d.DEFAULT_IDS,
+        "--ids", type=int, nargs="?", default=d.DEFAULT_IDS, const=d.DEFAULT_IDS,
         help=f"number of TRAIN identities (default {d.DEFAULT_IDS})",
     )
-    parser.add_argument("--seed", type=int, default=d.DEFAULT_SEED, help=f"random seed (default {d.DEFAULT_SEED})")
+    parser.add_argument("--seed", type=int, nargs="?", default=d.DEFAULT_SEED, const=d.DEFAULT_SEED,
+                        help=f"random seed (default {d.DEFAULT_SEED})")
     parser.add_argument(
         "--images-per-id", type=_images_per_id, default=None, metavar="K|A-B",
         help="images per identity: K, or a random count in A..B (default: "
@@ -55,7 +60,8 @@ def register(subparsers) -> None:
         "--size", type=_size, default=d.DEFAULT_SIZE, metavar="WxH",
         help=f"image width x height in pixels (default {d.DEFAULT_SIZE[0]}x{d.DEFAULT_SIZE[1]})",
     )
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even if `tbps synth` did not make it (its files are deleted)")
     parser.set_defaults(func=_run)
 
 

@@ -2,8 +2,10 @@
 
 Structural problems in the annotation file are fatal (:mod:`tbps.ingest.formats`).
 Problems with the data it points to are counted skips: a missing or unreadable
-image rejects its record, an empty caption is dropped, and an image left with
-no caption is rejected. Every skip is a row of the rejects table, and the
+image, or one whose symbolic link leads outside the raw folder
+(:mod:`tbps.ingest.image_files`), rejects its record; an empty caption, or one
+that caption cleaning empties (only punctuation), is dropped; and an image left
+with no caption is rejected. Every skip is a row of the rejects table, and the
 summary proves accepted + rejected = input for images and for captions.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ from typing import NamedTuple
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from tbps.data.captions import clean_caption
 from tbps.datasets import DatasetInfo
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
+from tbps.image_decode import upright_size
 from tbps.ingest.formats import (
     IMAGES_DIR,
     ImageRecord,
@@ -32,6 +35,14 @@ from tbps.ingest.formats import (
     read_json,
     where_to_get,
 )
+from tbps.ingest.image_files import (
+    MISSING,
+    OUTSIDE_RAW_ROOT,
+    UNREADABLE,
+    RefusedImagePath,
+    allowed_roots,
+    raw_image_file,
+)
 from tbps.progress import progress
 
 log = logging.getLogger(__name__)
@@ -39,11 +50,13 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REJECT_FRACTION = 0.01
 """Complete releases have no rejects; more than 1 % of images rejected means a broken download."""
 
-MISSING_IMAGE = "missing_image"
-UNREADABLE_IMAGE = "unreadable_image"
+MISSING_IMAGE = MISSING
+UNREADABLE_IMAGE = UNREADABLE
 EMPTY_CAPTION = "empty_caption"
+EMPTY_AFTER_CLEANING = "empty_after_cleaning"
+"""Only characters that caption cleaning removes (e.g. "..."): it would be an empty query."""
 NO_CAPTIONS = "no_captions"
-REJECT_REASONS = (MISSING_IMAGE, UNREADABLE_IMAGE, EMPTY_CAPTION, NO_CAPTIONS)
+REJECT_REASONS = (MISSING_IMAGE, OUTSIDE_RAW_ROOT, UNREADABLE_IMAGE, EMPTY_CAPTION, EMPTY_AFTER_CLEANING, NO_CAPTIONS)
 
 ANNOTATION_SCHEMA = pa.schema(
     [
@@ -96,20 +109,19 @@ class ImageProblem(Exception):
         self.detail = detail
 
 
-def read_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; raise :class:`ImageProblem` if missing or unreadable."""
+def read_image_size(raw_dir: Path, image_path: str, roots: tuple[Path, ...] | None = None) -> tuple[int, int]:
+    """(width, height) as displayed, from the image header; :class:`ImageProblem` if it cannot be used.
+
+    The path must resolve inside the raw folder (:mod:`tbps.ingest.image_files`).
+    """
     try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise ImageProblem(MISSING_IMAGE, "file not found") from None
-    except OSError as e:
-        raise ImageProblem(UNREADABLE_IMAGE, f"cannot access the file ({e.strerror or e})") from None
-    if not stat.S_ISREG(mode):
-        raise ImageProblem(MISSING_IMAGE, "exists but is not a regular file")
+        path = raw_image_file(raw_dir, image_path, roots)
+    except RefusedImagePath as refused:
+        raise ImageProblem(refused.reason, refused.detail) from None
     try:
         # Image.open reads only the header; pixel data is decoded later, when shards are written.
         with Image.open(path) as image:
-            width, height = image.size
+            width, height = upright_size(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise ImageProblem(UNREADABLE_IMAGE, f"not a readable image ({type(e).__name__}: {e})") from None
     if width <= 0 or height <= 0:
@@ -163,14 +175,28 @@ class Screening:
             )
 
 
+def caption_problem(caption: str) -> str | None:
+    """Why a caption cannot be used (a reject reason), or None.
+
+    A caption that cleaning (:func:`tbps.data.captions.clean_caption`, what training and
+    evaluation apply) turns into nothing, e.g. "..." or "!!", would be an empty query.
+    """
+    if not caption.strip():
+        return EMPTY_CAPTION
+    if not clean_caption(caption):
+        return EMPTY_AFTER_CLEANING
+    return None
+
+
 def screen_records(records: Iterable[ImageRecord], raw_dir: Path, total: int | None = None) -> Screening:
     """Read every image header and drop what cannot be used, recording why."""
     result = Screening()
+    roots = allowed_roots(raw_dir)
     for record in progress(records, total=total, desc="reading image headers", unit="img"):
         result.input_images += 1
         result.input_captions += len(record.captions)
         try:
-            width, height = read_image_size(raw_dir / record.image_path)
+            width, height = read_image_size(raw_dir, record.image_path, roots)
         except ImageProblem as problem:
             result.rejects.append(
                 Reject(record.index, None, problem.reason, f"{record.image_path}: {problem.detail}")
@@ -180,20 +206,21 @@ def screen_records(records: Iterable[ImageRecord], raw_dir: Path, total: int | N
             continue
         kept = []
         for j, caption in enumerate(record.captions):
-            if caption.strip():
+            reason = caption_problem(caption)
+            if reason is None:
                 kept.append(j)
             else:
                 result.rejects.append(
-                    Reject(record.index, j, EMPTY_CAPTION, f"{record.image_path}: caption {j} is {caption!r}")
+                    Reject(record.index, j, reason, f"{record.image_path}: caption {j} is {caption!r}")
                 )
-                result.captions_rejected[EMPTY_CAPTION] += 1
+                result.captions_rejected[reason] += 1
         if not kept:
             result.rejects.append(
                 Reject(
                     record.index,
                     None,
                     NO_CAPTIONS,
-                    f"{record.image_path}: no non-empty caption among {len(record.captions)}",
+                    f"{record.image_path}: no usable caption among {len(record.captions)}",
                 )
             )
             result.images_rejected[NO_CAPTIONS] += 1
@@ -446,23 +473,36 @@ def check_raw(dataset: str, raw: str | os.PathLike) -> int:
     images_dir = raw / IMAGES_DIR
     present: list[ImageRecord] = []
     missing: list[ImageRecord] = []
+    outside: list[ImageRecord] = []
     if not images_dir.is_dir():
         problems.append(f"the images folder {images_dir} does not exist")
         print(f"  PROBLEM  {IMAGES_DIR}/ folder not found at {images_dir}")
     else:
+        roots = allowed_roots(raw)
         for r in progress(records, desc="looking for images", unit="img"):
-            (present if (raw / r.image_path).is_file() else missing).append(r)
+            try:
+                raw_image_file(raw, r.image_path, roots)
+            except RefusedImagePath as refused:
+                (outside if refused.reason == OUTSIDE_RAW_ROOT else missing).append(r)
+            else:
+                present.append(r)
+        if outside:
+            examples = ", ".join(r.image_path for r in outside[:3]) + (", ..." if len(outside) > 3 else "")
+            problems.append(f"{len(outside)} referenced images are symbolic links that lead outside the raw folder")
+            print(f"  PROBLEM  {len(outside)} images link outside {raw} and its {IMAGES_DIR}/ folder "
+                  f"(tbps prepare rejects them as {OUTSIDE_RAW_ROOT}): {examples}")
         if missing:
             examples = ", ".join(r.image_path for r in missing[:3]) + (", ..." if len(missing) > 3 else "")
             problems.append(f"{len(missing)} of {len(records)} referenced images are missing")
             print(f"  PROBLEM  {len(present)} of {len(records)} referenced images exist; missing: {examples}")
-        else:
+        elif not outside:
             print(f"  ok       all {len(records)} referenced images exist under {IMAGES_DIR}/")
 
-    empty = sum(not c.strip() for r in records for c in r.captions)
-    if empty:
+    empty = Counter(caption_problem(c) for r in records for c in r.captions)
+    if empty[EMPTY_CAPTION] or empty[EMPTY_AFTER_CLEANING]:
         print(
-            f"  note     {empty} empty captions (tbps prepare drops them and lists them in the rejects table)"
+            f"  note     {empty[EMPTY_CAPTION]} empty captions and {empty[EMPTY_AFTER_CLEANING]} with nothing left "
+            "after cleaning (only punctuation); tbps prepare drops them and lists them in the rejects table"
         )
 
     counts = split_counts(((r.split, r.person_id, len(r.captions)) for r in records), info.splits)

@@ -177,6 +177,24 @@ def _object_hook(pairs: list[tuple[str, Any]]) -> _JsonObject:
     return obj
 
 
+class _HugeInteger:
+    """An integer literal too long for Python to convert (over 4300 digits); kept as its digits so
+    the record that holds it can be named."""
+
+    def __init__(self, digits: str):
+        self.digits = digits
+
+    def __str__(self) -> str:
+        return self.digits
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+
+def _parse_int(digits: str) -> int | _HugeInteger:
+    return int(digits) if len(digits) <= 4000 else _HugeInteger(digits)
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file; any failure is a :class:`UserInputError` naming the position."""
     try:
@@ -195,7 +213,7 @@ def read_json(path: Path) -> Any:
             "re-download the file; annotation files are UTF-8 JSON",
         ) from None
     try:
-        return json.loads(text, object_pairs_hook=_object_hook)
+        return json.loads(text, object_pairs_hook=_object_hook, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise input_error(
             path,
@@ -204,6 +222,9 @@ def read_json(path: Path) -> Any:
         ) from None
     except RecursionError:
         raise input_error(path, "JSON nested too deeply", "re-download the file") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python converts (4300 digits)
+        raise input_error(path, f"a value cannot be read ({e})",
+                          "the file was edited by hand or is not the release; re-download it") from None
 
 
 # --- validating records -----------------------------------------------------------------------
@@ -214,12 +235,27 @@ def _json_type(value: Any) -> str:
         return f"a boolean ({json.dumps(value)})"
     if value is None:
         return "null"
+    if isinstance(value, _HugeInteger):
+        return f"an integer of {len(value)} digits"
     names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
     for cls, name in names.items():
         if isinstance(value, cls):
             shown = json.dumps(value, ensure_ascii=False)
             return f"{name} ({shown[:40]}{'...' if len(shown) > 40 else ''})" if cls is not dict else name
     return type(value).__name__
+
+
+INT64 = (-(2**63), 2**63 - 1)
+"""Person ids are stored as 64-bit integers (Parquet int64)."""
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why a string cannot be stored as UTF-8 (JSON allows lone surrogates such as "\\ud800"), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"contains a lone surrogate {text[e.start]!r} at character {e.start}, which is not valid Unicode"
+    return None
 
 
 def normalise_image_path(raw_path: str) -> tuple[str | None, str | None]:
@@ -231,6 +267,9 @@ def normalise_image_path(raw_path: str) -> tuple[str | None, str | None]:
         return None, "is empty"
     if "\x00" in raw_path:
         return None, "contains a NUL character"
+    surrogate = unicode_problem(raw_path)
+    if surrogate:
+        return None, f"{surrogate}"
     if "\\" in raw_path:
         return None, f"is {raw_path!r}, which contains a backslash (paths in annotation files use '/')"
     path = PurePosixPath(raw_path)
@@ -292,7 +331,16 @@ def _validate_record(
         bad(f"required field {field!r} is missing", fix)
 
     person_id = record.get("id")
-    if "id" in record and (isinstance(person_id, bool) or not isinstance(person_id, int)):
+    if isinstance(person_id, _HugeInteger) or (
+        isinstance(person_id, int) and not isinstance(person_id, bool) and not INT64[0] <= person_id <= INT64[1]
+    ):
+        shown = str(person_id)
+        bad(
+            f"'id' is {shown[:30]}{f'... ({len(shown)} digits)' if len(shown) > 30 else ''}, beyond the 64-bit "
+            "integer range the tables store",
+            "use the original annotation file; person ids are small integers",
+        )
+    elif "id" in record and (isinstance(person_id, bool) or not isinstance(person_id, int)):
         bad(
             f"'id' is {_json_type(person_id)}, not an integer",
             'write the person id as a JSON integer, e.g. "id": 12',
@@ -318,6 +366,8 @@ def _validate_record(
                         f"'captions'[{j}] is {_json_type(caption)}, not a string",
                         "every caption must be a JSON string",
                     )
+                elif unicode_problem(caption):
+                    bad(f"'captions'[{j}] {unicode_problem(caption)}", "re-download the file or correct the caption")
 
     path_value = record.get(info.path_field)
     path = None
@@ -425,7 +475,7 @@ def parse_records(info: DatasetInfo, path: Path, data: Any) -> list[ImageRecord]
     for index, raw_record in enumerate(data):
         if isinstance(raw_record, dict) and raw_record.get("split") == "train":
             person_id = raw_record.get("id")
-            if isinstance(person_id, int) and not isinstance(person_id, bool) and person_id >= min_id(info):
+            if isinstance(person_id, int) and not isinstance(person_id, bool) and min_id(info) <= person_id <= INT64[1]:
                 first_train_record.setdefault(person_id, index)
         record = _validate_record(info, index, raw_record, problems)
         if record is None:

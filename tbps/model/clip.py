@@ -10,7 +10,8 @@ Changes from vanilla CLIP, all applied by :func:`build_model`:
    mode only. It is set in every text block and nowhere in the image tower.
 3. Logit scale: θ stays open_clip's ``logit_scale`` parameter; the value used is
    s = min(exp θ, max) with dL/dθ = s·∂L/∂s even above the clamp (:meth:`TBPSModel.logit_scale_value`).
-4. Optional SimCLR head on the (unnormalised) projected image embedding.
+4. Optional SimCLR head on the (unnormalised) projected image embedding (SS-I), and optionally a
+   second one, of the same shape, on the projected text embedding (SS-T, docs/method.md D19).
 
 The compression probe's text-layer changes (paper §3.5) come last: dropped text layers are deleted
 after the weights are loaded, frozen ones join the frozen patch embedding in the model's
@@ -54,14 +55,16 @@ class SimCLRHead(nn.Sequential):
 
 
 class TBPSModel(nn.Module):
-    """An open_clip ``CLIP`` (``self.clip``) plus the optional SimCLR head; all outputs L2-normalised."""
+    """An open_clip ``CLIP`` (``self.clip``) plus the optional SimCLR heads; all outputs L2-normalised."""
 
-    def __init__(self, clip: CLIP, *, name: str, logit_scale_max: float, simclr_hidden: int | None):
+    def __init__(self, clip: CLIP, *, name: str, logit_scale_max: float, simclr_hidden: int | None,
+                 text_simclr_hidden: int | None = None):
         super().__init__()
         self.clip = clip
         self.name = name
         self.logit_scale_max = float(logit_scale_max)
         self.simclr_head = SimCLRHead(self.embed_dim, simclr_hidden) if simclr_hidden else None
+        self.text_simclr_head = SimCLRHead(self.embed_dim, text_simclr_hidden) if text_simclr_hidden else None
 
     @property
     def embed_dim(self) -> int:
@@ -97,8 +100,14 @@ class TBPSModel(nn.Module):
             raise RuntimeError("this model was built without the SimCLR head (with_simclr_head=False)")
         return F.normalize(self.simclr_head(self.clip.encode_image(images, normalize=False)), dim=-1)
 
+    def text_simclr(self, tokens: Tensor) -> Tensor:
+        """Text SimCLR head output for ``tokens`` (SS-T), L2-normalised (needs ``with_text_simclr_head=True``)."""
+        if self.text_simclr_head is None:
+            raise RuntimeError("this model was built without the text SimCLR head (with_text_simclr_head=False)")
+        return F.normalize(self.text_simclr_head(self.clip.encode_text(tokens, normalize=False)), dim=-1)
+
     def forward(self, images: Tensor | None = None, tokens: Tensor | None = None,
-                simclr_images: Tensor | None = None) -> dict[str, Tensor]:
+                simclr_images: Tensor | None = None, simclr_tokens: Tensor | None = None) -> dict[str, Tensor]:
         """Whichever encodings are asked for, in one call (so wrappers such as DDP see the forward)."""
         out = {}
         if images is not None:
@@ -107,6 +116,8 @@ class TBPSModel(nn.Module):
             out["text"] = self.encode_text(tokens)
         if simclr_images is not None:
             out["simclr"] = self.simclr(simclr_images)
+        if simclr_tokens is not None:
+            out["text_simclr"] = self.text_simclr(simclr_tokens)
         return out
 
 
@@ -207,18 +218,22 @@ def trainable_selection(cfg: ModelConfig, plan: TextLayerPlan, *, only: tuple[st
 
 
 def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *, with_simclr_head: bool,
+                   with_text_simclr_head: bool = False,
                    only: tuple[str, ...] = ()) -> tuple[TBPSModel, ParameterCount]:
     """The TBPSModel around a loaded ``clip``: text layers dropped, text attention dropout set, the
-    SimCLR head added, and the trainable parameters selected (``only``: see :func:`trainable_selection`)."""
+    SimCLR heads added (image: SS-I, text: SS-T) and the trainable parameters selected (``only``: see
+    :func:`trainable_selection`)."""
     drop_text_layers(clip, plan)
     set_text_attention_dropout(clip, cfg.text_attn_dropout)
     model = TBPSModel(clip, name=cfg.name, logit_scale_max=cfg.logit_scale_max,
-                      simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None)
+                      simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None,
+                      text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None)
     return model, apply_selection(model, trainable_selection(cfg, plan, only=only))
 
 
-def build_model(cfg: ModelConfig, *, with_simclr_head: bool) -> BuiltModel:
-    """Build the TBPS-CLIP model for ``cfg`` (weights loaded, recipe changes applied)."""
+def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_head: bool = False) -> BuiltModel:
+    """Build the TBPS-CLIP model for ``cfg`` (weights loaded, recipe changes applied); the SimCLR heads
+    (image: SS-I, text: SS-T) only when asked for."""
     log = logging.getLogger(__name__)
     if not 0.0 <= cfg.text_attn_dropout < 1.0:
         raise UserInputError(f"model.text_attn_dropout={cfg.text_attn_dropout}: must be in [0, 1). Fix: use 0.05")
@@ -238,11 +253,13 @@ def build_model(cfg: ModelConfig, *, with_simclr_head: bool) -> BuiltModel:
     if cfg.logit_scale_init is not None:
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(cfg.logit_scale_init))
-    model, counts = assemble_model(clip, cfg, plan, with_simclr_head=with_simclr_head)
+    model, counts = assemble_model(clip, cfg, plan, with_simclr_head=with_simclr_head,
+                                   with_text_simclr_head=with_text_simclr_head)
     log.info("built %s (%s, image %s, QuickGELU %s, text attention dropout %.3g in %d blocks, text layers frozen "
-             "%s dropped %s, %s of %s parameters trainable, SimCLR head %s)", cfg.name,
+             "%s dropped %s, %s of %s parameters trainable, SimCLR heads: image %s, text %s)", cfg.name,
              report.summary() if report else "random init", model.image_size, model_cfg["quick_gelu"],
-             cfg.text_attn_dropout, len(clip.transformer.resblocks), list(plan.frozen) or "none", list(plan.dropped) or "none",
-             f"{counts.trainable:,}", f"{counts.total:,}", "yes" if with_simclr_head else "no")
+             cfg.text_attn_dropout, len(clip.transformer.resblocks), list(plan.frozen) or "none",
+             list(plan.dropped) or "none", f"{counts.trainable:,}", f"{counts.total:,}",
+             "yes" if with_simclr_head else "no", "yes" if with_text_simclr_head else "no")
     return BuiltModel(model=model, tokenizer=open_clip.get_tokenizer(cfg.name), load_report=report,
                       text_layers=plan, parameters=counts)

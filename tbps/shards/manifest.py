@@ -5,7 +5,6 @@ The manifest is written last: a folder without one is never complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -13,16 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from tbps.errors import input_error
-from tbps.fileio import sha256_file, write_json_atomic
-from tbps.shards.layout import sidecar_path
+from tbps.fileio import read_json_checked, sha256_file, write_json_atomic
+from tbps.shards.layout import rewrite_hint, sidecar_path
 from tbps.shards.plan import load_plan
 
 log = logging.getLogger(__name__)
-
-
-def _rerun_hint(plan_path: Path, index: int, shard: Path) -> str:
-    return (f"rerun the shard rule for it (e.g. `snakemake {shard}` or "
-            f"`tbps shards write --plan {plan_path} --shard-index {index} --out {shard} ...`)")
 
 
 def build_manifest(
@@ -45,15 +39,11 @@ def build_manifest(
     for index, planned in enumerate(plan["shards"]):
         shard = folder / planned["name"]
         side = sidecar_path(shard)
-        hint = _rerun_hint(plan_path, index, shard)
+        hint = rewrite_hint(shard, plan_path, index)
         if not shard.is_file():
             raise input_error(shard, "planned shard is missing", hint)
-        if not side.is_file():
-            raise input_error(side, "the shard's sidecar (counts and sha256) is missing", hint)
-        try:
-            info = json.loads(side.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise input_error(side, f"not valid JSON ({e})", hint) from e
+        info = read_json_checked(side, "the shard's sidecar (counts and sha256)", hint,
+                                 ("plan_sha256", "sha256", "samples", "rejected", "bytes", "params"))
         if info.get("plan_sha256") != plan_sha:
             raise input_error(side, f"written from another plan than {plan_path}", hint)
         if sha256_file(shard) != info.get("sha256"):

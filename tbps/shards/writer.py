@@ -24,6 +24,8 @@ from PIL import Image
 
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import atomic_path, read_parquet_checked, sha256_file, write_json_atomic
+from tbps.image_decode import ImageDecodeError, decode_image
+from tbps.ingest.image_files import RefusedImagePath, raw_image_file
 from tbps.progress import progress as progress_bar
 from tbps.shards.image_table import image_table, read_annotations
 from tbps.shards.layout import sample_key, sidecar_path
@@ -122,16 +124,18 @@ def encode_image(
     other formats (BMP, WebP, ...) are stored as RGB PNG (``converted``=True).
     ``jpg``/``png`` re-encode (RGB, bilinear resize to ``image_size`` = (H, W) if
     given, fixed quality, no metadata). Raises :class:`ImageRejected` for undecodable bytes.
+    Decoding is :func:`tbps.image_decode.decode_image`, the one readers use: what is kept
+    is what training and evaluation can read, and a re-encoded image is stored upright.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # a header-only open accepts truncated files; load() decodes everything
-            detected = img.format
-            if image_format == "keep" and detected in _KEEP_EXTENSIONS:
-                return _KEEP_EXTENSIONS[detected], data, False
-            rgb = img.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
-        raise ImageRejected("undecodable_image", f"{type(e).__name__}: {e}") from e
+        rgb = decode_image(data)
+    except ImageDecodeError as e:
+        raise ImageRejected("undecodable_image", str(e)) from e
+    if image_format == "keep":
+        with Image.open(io.BytesIO(data)) as header:
+            detected = header.format
+        if detected in _KEEP_EXTENSIONS:
+            return _KEEP_EXTENSIONS[detected], data, False
     if image_size is not None:
         height, width = image_size
         rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
@@ -262,7 +266,10 @@ def _sample_members(row: dict[str, Any], raw: Path, encoding: ImageEncoding) -> 
     Raises :class:`ImageRejected` for an image that cannot be read or decoded.
     """
     try:
-        data = (raw / row["image_path"]).read_bytes()
+        # Checked again here, not only by `tbps prepare`: a link may have changed since.
+        data = raw_image_file(raw, row["image_path"]).read_bytes()
+    except RefusedImagePath as refused:
+        raise ImageRejected(refused.reason, refused.detail) from None
     except OSError as e:
         raise ImageRejected("unreadable_file", f"{type(e).__name__}: {e.strerror}") from e
     ext, image_bytes, converted = encode_image(data, image_format=encoding.image_format,

@@ -7,15 +7,6 @@ rule augment:
         table="results/{dataset}/prepared/annotations.parquet",
     output:
         augmented="results/{dataset}/augment/captions_aug.parquet",
-    params:
-        backend=lambda wc: DATASETS[wc.dataset].get("augment_backend", "synonyms"),
-        batch_size=config["augment"]["batch_size"],
-        model_en_fr=config["augment"]["model_en_fr"],
-        model_fr_en=config["augment"]["model_fr_en"],
-        num_beams=config["augment"]["num_beams"],
-        seed=config["augment"]["seed"],
-        # The cache outlives the output: a rerun only computes captions it has not seen.
-        cache=lambda wc: f"results/{wc.dataset}/augment/cache.sqlite",
     log:
         "logs/augment/{dataset}.log",
     benchmark:
@@ -26,10 +17,18 @@ rule augment:
     resources:
         mem_mb=8000,
         runtime=240,
-        # Back-translation of a real dataset wants one GPU; the offline backends need none.
-        gpu=lambda wc: 1 if DATASETS[wc.dataset].get("augment_backend") == "backtranslation" else 0,
+        gpu=get_augment_gpus,
+    params:
+        backend=get_augment_backend,
+        batch_size=config["augment"]["batch_size"],
+        model_en_fr=config["augment"]["model_en_fr"],
+        model_fr_en=config["augment"]["model_fr_en"],
+        num_beams=config["augment"]["num_beams"],
+        seed=config["augment"]["seed"],
+        cache=get_augment_cache,
     shell:
-        "python -m tbps augment --captions {input.table} --out {output.augmented}"
-        " --backend {params.backend} --cache {params.cache} --batch-size {params.batch_size}"
-        " --model-en-fr {params.model_en_fr} --model-fr-en {params.model_fr_en}"
-        " --num-beams {params.num_beams} --seed {params.seed} > {log} 2>&1"
+        "python -m tbps augment --captions {input.table:q} --out {output.augmented:q}"
+        " --backend {params.backend:q} --cache {params.cache:q}"
+        " --batch-size {params.batch_size:q} --num-beams {params.num_beams:q}"
+        " --model-en-fr {params.model_en_fr:q} --model-fr-en {params.model_fr_en:q}"
+        " --seed {params.seed:q} > {log:q} 2>&1"

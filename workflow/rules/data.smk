@@ -1,20 +1,21 @@
 # Raw data -> normalised caption table.
 
 
-# One generator rule per synthetic dataset (`synthetic`, `synthetic-<name>`): each writes its own raw folder.
+# One generator rule per synthetic dataset (`synthetic`: rule synth; `synthetic-<name>`: rule
+# synth_<name>), each writing its own raw folder.
 for synth_dataset in SYNTHETIC_DATASETS:
 
     rule:
-        """Generate a synthetic pedestrian dataset in a published annotation format."""
+        """Generate a synthetic pedestrian dataset in a published annotation format.
+
+        `tbps synth` replaces an existing folder only if it made it (a marker file with its
+        parameters): a changed synth_ids/synth_seed regenerates the folder in place, while a
+        `raw:` pointing at any other non-empty folder (a real download) stops with a message.
+        """
         name:
             synth_rule_name(synth_dataset)
         output:
-            annotation=synth_annotation(synth_dataset),
-        params:
-            raw=get_raw_folder_of_output,
-            fmt=dataset_format(synth_dataset),
-            ids=DATASETS[synth_dataset].get("synth_ids", 400),
-            seed=DATASETS[synth_dataset].get("synth_seed", 0),
+            annotation=synthetic_annotation(synth_dataset),
         log:
             f"logs/synth/{synth_dataset}.log",
         benchmark:
@@ -25,24 +26,24 @@ for synth_dataset in SYNTHETIC_DATASETS:
         resources:
             mem_mb=2000,
             runtime=30,
+        params:
+            raw=get_output_folder,
+            fmt=dataset_format(synth_dataset),
+            ids=get_synth_option(synth_dataset, "synth_ids"),
+            seed=get_synth_option(synth_dataset, "synth_seed"),
         shell:
-            "python -m tbps synth --format {params.fmt:q} --out {params.raw:q} --ids {params.ids:q}"
-            " --seed {params.seed:q}"
-            # --force: a changed synth_ids/synth_seed regenerates the folder in place.
-            " --force"
-            " > {log:q} 2>&1"
+            "python -m tbps synth --format {params.fmt:q} --out {params.raw:q}"
+            " --ids {params.ids:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule prepare:
     """Parse the raw annotations strictly into one Parquet row per (image, caption)."""
     input:
-        annotation=raw_annotation,
+        annotation=get_raw_annotation,
     output:
         table="results/{dataset}/prepared/annotations.parquet",
         rejects="results/{dataset}/prepared/rejects.parquet",
         summary="results/{dataset}/prepared/summary.json",
-    params:
-        raw=lambda wc: raw_dir(wc.dataset),
     log:
         "logs/prepare/{dataset}.log",
     benchmark:
@@ -53,6 +54,9 @@ rule prepare:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        raw=get_raw_dir,
     shell:
-        "python -m tbps prepare --dataset {wildcards.dataset} --raw {params.raw} --out {output.table}"
-        " --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"
+        "python -m tbps prepare --dataset {wildcards.dataset:q} --raw {params.raw:q}"
+        " --out {output.table:q} --rejects {output.rejects:q} --summary {output.summary:q}"
+        " > {log:q} 2>&1"

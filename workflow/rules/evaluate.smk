@@ -5,7 +5,7 @@ rule evaluate:
     """Text->image (reported) and image->text metrics of the last checkpoint on the test split."""
     input:
         checkpoint="results/{dataset}/{experiment}/train/final.pt",
-        shards=lambda wc: shard_manifest(wc.dataset, "test"),
+        shards="results/{dataset}/shards/test/manifest.json",
     output:
         metrics="results/{dataset}/{experiment}/eval/test.parquet",
         examples="results/{dataset}/{experiment}/eval/test_examples.parquet",
@@ -17,20 +17,21 @@ rule evaluate:
         "../../envs/tbps.yaml"
     threads: 2
     resources:
-        gpu=eval_gpus,
+        gpu=get_gpus,
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m tbps evaluate --checkpoint {input.checkpoint} --shards {input.shards}"
-        " --out {output.metrics} --examples {output.examples} --dataset {wildcards.dataset}"
-        " --experiment {wildcards.experiment} --split test > {log} 2>&1"
+        "python -m tbps evaluate --checkpoint {input.checkpoint:q} --shards {input.shards:q}"
+        " --out {output.metrics:q} --examples {output.examples:q}"
+        " --dataset {wildcards.dataset:q} --experiment {wildcards.experiment:q}"
+        " --split test > {log:q} 2>&1"
 
 
 rule evaluate_zero_shot:
     """The pretrained weights without fine-tuning (extras.zero_shot): the 'zero_shot' row."""
     input:
-        experiment=lambda wc: str(EXPERIMENT_DIR / f"{zero_shot_experiment(wc.dataset)}.yaml"),
-        shards=lambda wc: shard_manifest(wc.dataset, "test"),
+        experiment=get_zero_shot_experiment_file,
+        shards="results/{dataset}/shards/test/manifest.json",
     output:
         metrics="results/{dataset}/zero_shot/eval/test.parquet",
     log:
@@ -43,30 +44,34 @@ rule evaluate_zero_shot:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m tbps evaluate --zero-shot {input.experiment} --shards {input.shards}"
-        " --out {output.metrics} --dataset {wildcards.dataset} --experiment zero_shot --split test > {log} 2>&1"
+        "python -m tbps evaluate --zero-shot {input.experiment:q} --shards {input.shards:q}"
+        " --out {output.metrics:q} --dataset {wildcards.dataset:q} --experiment zero_shot"
+        " --split test > {log:q} 2>&1"
 
 
 rule evaluate_cross:
     """A model trained on one dataset, evaluated on another dataset's test split."""
     input:
         checkpoint="results/{train_dataset}/{experiment}/train/final.pt",
-        shards=lambda wc: shard_manifest(wc.eval_dataset, "test"),
+        shards="results/{eval_dataset}/shards/test/manifest.json",
     output:
         metrics="results/cross/{train_dataset}/{experiment}/{eval_dataset}.parquet",
+    log:
+        "logs/evaluate_cross/{train_dataset}/{experiment}/{eval_dataset}.log",
     wildcard_constraints:
         train_dataset="|".join(DATASETS),
         eval_dataset="|".join(DATASETS),
-    log:
-        "logs/evaluate_cross/{train_dataset}/{experiment}/{eval_dataset}.log",
     conda:
         "../../envs/tbps.yaml"
     threads: 2
     resources:
-        gpu=eval_gpus,
+        gpu=get_gpus,
         mem_mb=8000,
         runtime=60,
+    params:
+        run=get_cross_run_name,
     shell:
-        "python -m tbps evaluate --checkpoint {input.checkpoint} --shards {input.shards}"
-        " --out {output.metrics} --dataset {wildcards.eval_dataset}"
-        " --experiment {wildcards.experiment}@{wildcards.train_dataset} --split test > {log} 2>&1"
+        "python -m tbps evaluate --checkpoint {input.checkpoint:q} --shards {input.shards:q}"
+        " --out {output.metrics:q} --dataset {wildcards.eval_dataset:q}"
+        " --experiment {params.run:q}"
+        " --split test > {log:q} 2>&1"

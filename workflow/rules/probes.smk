@@ -1,9 +1,10 @@
 # The paper's model-compression probe (§3.5, App. A.4 and B.2; docs/method.md D22-D24):
-#   module importance of a trained run  -> results/{dataset}/{experiment}/probe/importance.parquet
+#   module importance of a trained run  -> results/{dataset}/{experiment}/probe/importance.parquet (+ .html)
 #   its heat maps                       -> results/{dataset}/{experiment}/plots/importance.png
-#   frozen vs dropped text layers       -> results/{dataset}/compression.parquet (+ plots/compression.png)
+#   frozen vs dropped text layers       -> results/{dataset}/compression.parquet (+ .html, plots/compression.png)
 # The compressed runs are ordinary train/evaluate jobs named <preset>-freeze<x> / <preset>-drop<x>;
-# common.smk gives them their layers (get_run_overrides) and the importance table as an input; the helpers below are in common.smk.
+# common.smk gives them their layers (get_run_overrides) and the importance table as an input
+# (get_importance_input); the input functions of the rules below are in common.smk too.
 
 
 rule probe_importance:
@@ -17,14 +18,23 @@ rule probe_importance:
             "results/{dataset}/{experiment}/probe/importance.parquet",
             caption="../report/importance_table.rst",
             category="Compression probe",
-            labels={"dataset": "{dataset}", "experiment": "{experiment}", "item": "module importance (Parquet)"},
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "{experiment}",
+                "item": "module importance (Parquet, download)",
+            },
+        ),
+        page=report(
+            "results/{dataset}/{experiment}/probe/importance.html",
+            caption="../report/importance_table.rst",
+            category="Compression probe",
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "{experiment}",
+                "item": "module importance",
+            },
         ),
         summary="results/{dataset}/{experiment}/probe/importance.json",
-    params:
-        split=get_probe_split,
-        theta0=PROBE_SETTINGS.get("theta0", "pretrained"),
-        epsilon=PROBE_SETTINGS.get("epsilon", 3),
-        alpha_step=PROBE_SETTINGS.get("alpha_step", 0.05),
     log:
         "logs/probe/{dataset}/{experiment}/importance.log",
     benchmark:
@@ -33,12 +43,17 @@ rule probe_importance:
         "../../envs/tbps.yaml"
     threads: 2
     resources:
-        gpu=eval_gpus,
+        gpu=get_gpus,
         mem_mb=16000,
         runtime=120,
+    params:
+        split=get_probe_split,
+        theta0=probe_setting("theta0"),
+        epsilon=probe_setting("epsilon"),
+        alpha_step=probe_setting("alpha_step"),
     shell:
         "python -m tbps probe importance --checkpoint {input.checkpoint:q} --shards {input.shards:q}"
-        " --out {output.table:q} --summary {output.summary:q} --dataset {wildcards.dataset:q}"
+        " --out {output.table:q} --html {output.page:q} --summary {output.summary:q} --dataset {wildcards.dataset:q}"
         " --experiment {wildcards.experiment:q} --split {params.split:q} --theta0 {params.theta0:q}"
         " --epsilon {params.epsilon:q} --alpha-step {params.alpha_step:q} > {log:q} 2>&1"
 
@@ -52,7 +67,11 @@ rule plot_importance:
             "results/{dataset}/{experiment}/plots/importance.png",
             caption="../report/importance.rst",
             category="Compression probe",
-            labels={"dataset": "{dataset}", "experiment": "{experiment}", "item": "module importance heat maps"},
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "{experiment}",
+                "item": "module importance heat maps",
+            },
         ),
     log:
         "logs/plots/{dataset}/{experiment}/importance.log",
@@ -80,13 +99,31 @@ rule compression:
             "results/{dataset}/compression.parquet",
             caption="../report/compression_table.rst",
             category="Compression probe",
-            labels={"dataset": "{dataset}", "experiment": "all", "item": "frozen vs dropped (Parquet)"},
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "all",
+                "item": "frozen vs dropped (Parquet, download)",
+            },
+        ),
+        page=report(
+            "results/{dataset}/compression.html",
+            caption="../report/compression_table.rst",
+            category="Compression probe",
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "all",
+                "item": "frozen vs dropped",
+            },
         ),
         figure=report(
             "results/{dataset}/plots/compression.png",
             caption="../report/compression.rst",
             category="Compression probe",
-            labels={"dataset": "{dataset}", "experiment": "all", "item": "R@1 vs x, frozen vs dropped"},
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "all",
+                "item": "R@1 vs x, frozen vs dropped",
+            },
         ),
     log:
         "logs/probe/{dataset}/compression.log",
@@ -100,4 +137,4 @@ rule compression:
         runtime=10,
     shell:
         "python -m tbps probe compression --metrics {input.metrics:q} --checkpoints {input.checkpoints:q}"
-        " --dataset {wildcards.dataset:q} --out {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
+        " --dataset {wildcards.dataset:q} --out {output.table:q} --figure {output.figure:q} --html {output.page:q} > {log:q} 2>&1"

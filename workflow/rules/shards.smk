@@ -1,6 +1,7 @@
 # Prepared table + images -> WebDataset shards per split. The plan is a checkpoint so each shard
-# is its own job: a deleted shard is rewritten alone (the manifest notices it, see below), then
-# what reads that split reruns; other splits and earlier stages are untouched.
+# is its own job: a deleted shard is rewritten alone (shards_present notices it, see
+# get_missing_shards in common.smk), then the manifest and what reads that split rerun; other
+# splits and earlier stages are untouched.
 
 
 checkpoint shard_plan:
@@ -9,13 +10,6 @@ checkpoint shard_plan:
         table="results/{dataset}/prepared/annotations.parquet",
     output:
         plan="results/{dataset}/shards/{split}/plan.json",
-        # Touched when a planned shard goes missing (see planned_shards in common.smk).
-        check=touch("results/{dataset}/shards/{split}/.shards-check"),
-    params:
-        raw=lambda wc: raw_dir(wc.dataset),
-        max_samples=lambda wc: DATASETS[wc.dataset].get("shard_max_samples", config["shards"]["max_samples"]),
-        max_bytes=shard_max_bytes_arg(),
-        seed=config["shards"]["seed"],
     log:
         "logs/shards/{dataset}/{split}/plan.log",
     conda:
@@ -24,23 +18,26 @@ checkpoint shard_plan:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        raw=get_raw_dir,
+        max_samples=get_shard_max_samples,
+        max_bytes=get_shard_max_bytes,
+        seed=config["shards"]["seed"],
     shell:
-        "python -m tbps shards plan --captions {input.table} --split {wildcards.split}"
-        " --raw {params.raw} --out {output.plan} --max-samples {params.max_samples}"
-        " {params.max_bytes} --seed {params.seed} > {log} 2>&1"
+        "python -m tbps shards plan --captions {input.table:q} --split {wildcards.split:q}"
+        " --raw {params.raw:q} --out {output.plan:q} --max-samples {params.max_samples:q}"
+        " --max-bytes {params.max_bytes:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule shard:
     """Write one shard (tar) and its stats sidecar; undecodable images are counted, not lost."""
     input:
-        unpack(shard_inputs),
+        plan="results/{dataset}/shards/{split}/plan.json",
+        table="results/{dataset}/prepared/annotations.parquet",
+        augmented=get_augmented_captions,
     output:
         tar="results/{dataset}/shards/{split}/shard-{index}.tar",
         stats="results/{dataset}/shards/{split}/shard-{index}.json",
-    params:
-        raw=lambda wc: raw_dir(wc.dataset),
-        augmented=lambda wc, input: f"--augmented {input.augmented}" if "augmented" in input.keys() else "",
-        image_size=shard_image_size_arg(),
     log:
         "logs/shards/{dataset}/{split}/shard-{index}.log",
     benchmark:
@@ -51,24 +48,37 @@ rule shard:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        raw=get_raw_dir,
+        image_size=get_shard_image_size,
     shell:
-        "python -m tbps shards write --plan {input.plan} --shard-index {wildcards.index}"
-        " --captions {input.table} {params.augmented} --raw {params.raw} --out {output.tar}"
-        " {params.image_size} > {log} 2>&1"
+        "python -m tbps shards write --plan {input.plan:q} --shard-index {wildcards.index:q}"
+        " --captions {input.table:q} --augmented {input.augmented:q} --raw {params.raw:q}"
+        " --out {output.tar:q} --image-size {params.image_size:q} > {log:q} 2>&1"
+
+
+rule shards_present:
+    """Stamp a split whose planned shards are all on disk. Its `missing` param is what reruns it,
+    and so rebuilds a deleted shard, with nothing written while planning (see get_missing_shards).
+    """
+    input:
+        shards=get_planned_shards,
+    output:
+        touch("results/{dataset}/shards/{split}/shards-present.stamp"),
+    localrule: True
+    params:
+        missing=get_missing_shards,
 
 
 rule shard_manifest:
     """Verify every shard of a split and write the manifest last."""
     input:
-        # Not the plan itself: Snakemake skips the "newer input" check of a job that lists a
-        # checkpoint output, and that check is what notices a missing shard (the shards already
-        # follow the plan, and the command reads it through params).
-        check="results/{dataset}/shards/{split}/.shards-check",
-        shards=planned_shards,
+        plan="results/{dataset}/shards/{split}/plan.json",
+        shards=get_planned_shards,
+        # ancient: a rerun of shards_present alone (its stamp renewed) does not rerun this.
+        present=ancient("results/{dataset}/shards/{split}/shards-present.stamp"),
     output:
         manifest="results/{dataset}/shards/{split}/manifest.json",
-    params:
-        plan=lambda wc: f"results/{wc.dataset}/shards/{wc.split}/plan.json",
     log:
         "logs/shards/{dataset}/{split}/manifest.log",
     conda:
@@ -78,4 +88,20 @@ rule shard_manifest:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m tbps shards manifest --plan {params.plan} --out {output.manifest} > {log} 2>&1"
+        "python -m tbps shards manifest --plan {input.plan:q} --out {output.manifest:q}"
+        " > {log:q} 2>&1"
+
+
+rule shards:
+    """The `shards` stage of a dataset: every split's shards verified (a stamp).
+
+    The augmented captions are an input too: the train shards read them, but only once the
+    shard_plan checkpoint has run, and `--until augment` needs the augment job in the DAG
+    before that.
+    """
+    input:
+        manifests=get_split_manifests,
+        augmented="results/{dataset}/augment/captions_aug.parquet",
+    output:
+        touch("results/{dataset}/shards/complete.stamp"),
+    localrule: True
