@@ -230,7 +230,8 @@ def fake_run(tmp_path, run: str, r1: float, *, model: str, depth: int, mode: str
     (folder / "eval").mkdir(parents=True)
     rows = [{"dataset": "cuhk-pedes", "experiment": run, "split": "test", "direction": d, "epoch": 5,
              "selection": "last", "R1": r1, "R5": 80.0, "R10": 90.0, "mAP": 60.0, "mINP": 40.0, "num_queries": 10,
-             "num_gallery": 5, "seed": 1, "config_sha256": "c" * 64, "data_sha256": "d" * 64, **ENVIRONMENT,
+             "num_gallery": 5, "seed": 1, "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none",
+             **ENVIRONMENT,
              "checkpoint": "x", "created_at": "2024-01-01T00:00:00+00:00"} for d in ("t2i", "i2t")]
     pl.DataFrame(rows).write_parquet(folder / "eval" / "test.parquet")
     kept = depth - (len(layers) if mode == "drop" else 0)
@@ -251,8 +252,10 @@ def test_the_compression_table_pairs_metrics_with_checkpoints(tmp_path):
     metrics, checkpoints = zip(*runs, strict=True)
     out, figure = tmp_path / "compression.parquet", tmp_path / "compression.png"
     argv = ["probe", "compression", "--metrics", *map(str, metrics), "--checkpoints", *map(str, checkpoints),
-            "--dataset", "cuhk-pedes", "--out", str(out), "--figure", str(figure)]
+            "--dataset", "cuhk-pedes", "--out", str(out), "--figure", str(figure), "--html", str(tmp_path / "c.html")]
     assert main(argv) == 0
+    page = (tmp_path / "c.html").read_text()
+    assert "frozen vs dropped text layers: cuhk-pedes" in page and "<td>tbps_clip-drop2</td>" in page
     table = pl.read_parquet(out)
     assert table.select("mode", "x", "text_layers", "text_depth", "R1", "paper_trainable_M").rows() == [
         ("drop", 2, [7, 8], 12, 60.0, 142.9), ("freeze", 2, [7, 8], 12, 72.5, 142.9), ("none", 0, [], 12, 73.0, 149.2)]

@@ -156,8 +156,9 @@ def test_probe_importance_end_to_end_with_a_known_criticality(synthetic_shards, 
     out, summary = tmp_path / "importance.parquet", tmp_path / "importance.json"
     argv = ["probe", "importance", "--checkpoint", str(run), "--shards", str(synthetic_shards["val"]), "--out",
             str(out), "--summary", str(summary), "--dataset", "synthetic", "--experiment", "probe", "--split", "val",
-            "--workers", "0"]
+            "--workers", "0", "--html", str(tmp_path / "importance.html")]
     assert main(argv) == 0
+    assert "module importance: probe on synthetic" in (tmp_path / "importance.html").read_text()
 
     table = pl.read_parquet(out)
     assert table.height == 36 and set(table["module"]) == set(KINDS) and set(table["tower"]) == {"image", "text"}
