@@ -11,6 +11,7 @@
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
 #   search    checkpoint + test shards -> a gallery index and a demo search page for the report
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
+#   probes    the paper's compression probe: module importance, frozen vs dropped text layers
 
 from snakemake.utils import min_version
 
@@ -31,7 +32,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="train|val|test",
-    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+)?",
+    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+|-freeze[0-9]+|-drop[0-9]+)?",
     index=r"\d{6}",
 
 
@@ -42,6 +43,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/probes.smk"
 
 
 report: "workflow/report/workflow.rst"

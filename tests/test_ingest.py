@@ -148,6 +148,17 @@ def test_synthetic_detects_format_without_published_comparison(tmp_path, caplog)
     assert set(pq.read_table(paths["out"]).column("dataset").to_pylist()) == {"synthetic"}
 
 
+def test_a_named_synthetic_dataset_is_synthetic_and_keeps_its_key(tmp_path):
+    """`synthetic-<name>` (e.g. the probes' synthetic-pretrain) is generated data like `synthetic`."""
+    raw = make_raw(tmp_path, "icfg-pedes", name="synth")
+    paths = outputs(tmp_path)
+    summary = run("synthetic-pretrain", raw, paths)
+    assert summary["format"] == "icfg-pedes" and summary["dataset"] == "synthetic-pretrain"
+    assert set(pq.read_table(paths["out"]).column("dataset").to_pylist()) == {"synthetic-pretrain"}
+    with pytest.raises(UserInputError, match="unknown dataset 'synthetic_x'"):
+        run("synthetic_x", raw, outputs(tmp_path / "x"))
+
+
 def test_synthetic_follows_the_detected_formats_rules(tmp_path):
     raw = make_raw(tmp_path, "icfg-pedes", name="synth")
     recs = records_of(raw, "icfg-pedes")

@@ -32,6 +32,7 @@ STAGES = [
     "collect",
     "plots",
     "index",
+    "probe",
     "search",
     "env",
 ]
