@@ -34,8 +34,9 @@ __all__ = ["DEFAULT_MAX_SAMPLES", "estimate_sample_bytes", "load_plan", "plan_sh
 _TAR_BLOCK = 512
 
 
-def estimate_sample_bytes(image_bytes: int, json_bytes: int = _TAR_BLOCK) -> int:
-    """Tar bytes of one sample: a header and the padded data of its image (original bytes mode) and JSON members."""
+def estimate_sample_bytes(image_bytes: int, json_bytes: int) -> int:
+    """Tar bytes of one sample: a header and the padded data of each of its two members, the image
+    (exact when the original bytes are kept) and the JSON."""
     return sum(_TAR_BLOCK * (1 + math.ceil(size / _TAR_BLOCK)) for size in (image_bytes, json_bytes))
 
 
