@@ -98,9 +98,9 @@ def generate(root: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
 def train_transform():
     """The project's train transform (augmentation pool, seeded per sample) or a placeholder."""
     try:
-        from tbps.data.transforms import train_pool_transform  # noqa: PLC0415
+        from tbps.data.transforms import train_transform  # noqa: PLC0415
 
-        return train_pool_transform((224, 224)), "tbps.data.transforms.train_pool_transform((224, 224))"
+        return train_transform((224, 224)), "tbps.data.transforms.train_transform((224, 224))"
     except Exception as e:  # noqa: BLE001 - not written yet, or another signature
         from torchvision import transforms as T
 

@@ -8,7 +8,16 @@ Three modes side by side in one process, on one model and optimiser:
 - ``loader``: the real data path (``TrainPairs`` + ``EpochBatchSampler`` + the trainer's
   ``DataLoader`` with N workers over a shard manifest) feeding the same step, so the gap
   between the two is the loader's cost;
-- ``loader-only``: the same DataLoader iterated without the model (the data path alone).
+- ``loader-only``: the same DataLoader iterated without the model (the data path alone);
+- ``worker``: what one loader worker spends per sample, in this process with one torch thread
+  as in a worker: CPU time of ``TrainPairs[...]`` (read, decode, the CPU path's views or, with
+  ``--device-aug``, the resize and the parameter draws) and of collating the samples;
+- ``device-aug`` (with ``--device-aug``): the device path's batched cost per sample, i.e.
+  ``DeviceAugment`` on loader batches already on the device (CPU tensors on a CPU).
+
+``--device-aug`` sets ``data.image_aug.on_device=true``: workers ship uint8 images and drawn
+parameters, and the views are made on the device inside the trainer's step (docs/method.md
+#augmentation-on-the-device).
 
 Figures per mode: samples/s, step time (median, p90), time blocked waiting for the batch,
 peak memory (CPU: the process's VmHWM, reset through /proc/self/clear_refs at the start of
@@ -53,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 from tbps.config import ExperimentConfig, LossConfig, load_experiment, parse_dotted
@@ -60,16 +70,19 @@ from tbps.data.loader import EpochBatchSampler
 from tbps.distributed import DistInfo
 from tbps.fileio import write_json_atomic
 from tbps.model import build_model, param_groups
+from tbps.objective import ENCODERS, NOGRAD_NAMES, embedding_names, text_view_keys
 from tbps.train import (
     autocast_dtype,
     build_training_data,
+    device_augment,
     make_encode,
     make_loader,
     seed_everything,
     train_step,
 )
 
-MODES = ("synthetic", "loader", "loader-only")
+MODES = ("synthetic", "loader", "loader-only", "worker", "device-aug")
+DEFAULT_MODES = ("synthetic", "loader", "loader-only")
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "config" / "experiments"
 SWEEP_PRESETS = ("tbps_clip_simplified", "tbps_clip")
 SWEEP_BATCHES = (320, 288, 256, 224, 192, 160, 128, 96, 64, 32)
@@ -197,8 +210,10 @@ def count_flops(fn: Callable[[], torch.Tensor], backward: bool) -> int:
     return counter.get_total_flops()
 
 
-def tower_flops(model, device: torch.device, *, backward: bool, simclr: bool) -> dict[str, dict[str, int]]:
-    """Per-sample FLOPs of each encoder pass (batch 1): ``{"image"|"text"|"simclr": {"fwd", "fwd_bwd"}}``."""
+def tower_flops(model, device: torch.device, *, backward: bool, simclr: bool,
+                text_simclr: bool = False) -> dict[str, dict[str, int]]:
+    """Per-sample FLOPs of each encoder pass (batch 1):
+    ``{"image"|"text"|"simclr"|"text_simclr": {"fwd", "fwd_bwd"}}``."""
     h, w = model.image_size
     image = torch.zeros(1, 3, h, w, device=device)
     tokens = torch.zeros(1, model.context_length, dtype=torch.long, device=device)
@@ -206,6 +221,8 @@ def tower_flops(model, device: torch.device, *, backward: bool, simclr: bool) ->
     passes = {"image": lambda: model.encode_image(image), "text": lambda: model.encode_text(tokens)}
     if simclr:
         passes["simclr"] = lambda: model.simclr(image)
+    if text_simclr:
+        passes["text_simclr"] = lambda: model.text_simclr(tokens)
     out = {}
     for name, fn in passes.items():
         out[name] = {"fwd": count_flops(fn, backward=False)}
@@ -235,9 +252,12 @@ class Rig:
     optimizer: torch.optim.Optimizer = field(init=False)
     scaler: torch.amp.GradScaler = field(init=False)
     simulate_oom_above: int | None = None
+    augment: object = field(init=False)
+    """The trainer's device-side augmentation (``data.image_aug.on_device``), else None."""
 
     def __post_init__(self):
         self.reset_optimizer()
+        self.augment = device_augment(self.cfg)
 
     def reset_optimizer(self) -> None:
         optim = self.cfg.optim
@@ -260,7 +280,7 @@ class Rig:
 
 def build_rig(cfg: ExperimentConfig, device: torch.device, simulate_oom_above: int | None = None) -> Rig:
     seed_everything(cfg.train.seed)
-    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i)
+    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i, with_text_simclr_head=cfg.loss.uses_ss_t)
     model = bundle.model.to(device)
     model.train()
     return Rig(cfg, device, bundle, model, autocast_dtype(cfg.train.precision, device),
@@ -270,16 +290,21 @@ def build_rig(cfg: ExperimentConfig, device: torch.device, simulate_oom_above: i
 def run_step(rig: Rig, batch: dict[str, torch.Tensor], chunk: int) -> float:
     """One optimiser step exactly as the trainer runs it (one process, steady-state alpha)."""
     single = DistInfo(rank=0, world_size=1, local_rank=0, device=rig.device)
+    augment = rig.augment if "views" in batch else None  # synthetic batches hold finished views
     loss, _ = train_step(rig.model, rig.optimizer, rig.scaler, rig.encode, batch, rig.cfg.loss, alpha=rig.alpha,
-                         chunk=chunk, dist=single)
+                         chunk=chunk, dist=single, augment=augment)
     return float(loss)  # the trainer reads every loss term back each step: a host sync
+
+
+# tower_flops key of each model method that tbps.objective.ENCODERS names.
+_TOWER_FLOPS_KEY = {"encode_image": "image", "encode_text": "text", "simclr": "simclr", "text_simclr": "text_simclr"}
 
 
 def step_flops(towers: dict, loss_cfg: LossConfig, *, chunked: bool, alpha: float) -> dict[str, float]:
     """Per-sample FLOPs of one step: ``model`` (what the algorithm needs) and ``executed`` (+ re-forward)."""
-    grad_passes = ["image", "text"] + (["image"] if loss_cfg.mvs_i else []) + (
-        ["simclr", "simclr"] if loss_cfg.uses_ss_i else [])
-    nograd_passes = (["image", "text"] + (["image"] if loss_cfg.mvs_i else [])) if alpha > 0 else []
+    names = embedding_names(loss_cfg)
+    grad_passes = [_TOWER_FLOPS_KEY[ENCODERS[name]] for name in names]
+    nograd_passes = [_TOWER_FLOPS_KEY[ENCODERS[name]] for name in NOGRAD_NAMES if name in names] if alpha > 0 else []
     model = sum(towers[p]["fwd_bwd"] for p in grad_passes) + sum(towers[p]["fwd"] for p in nograd_passes)
     refwd = sum(towers[p]["fwd"] for p in grad_passes) if chunked else 0
     return {"model": float(model), "executed": float(model + refwd), "grad_passes": grad_passes,
@@ -300,10 +325,12 @@ def synthetic_batch(rig: Rig, batch: int, seed: int = 0) -> dict[str, torch.Tens
            # Few repeated ids, like a uniform batch from thousands of identities.
            "train_id": torch.randint(0, 10_000, (batch,), generator=gen),
            "pair": torch.arange(batch)}
-    if rig.cfg.loss.mvs_i:
+    if rig.cfg.loss.uses_image_mvs:
         out["image_mvs"] = images()
     if rig.cfg.loss.uses_ss_i:
         out["simclr_a"], out["simclr_b"] = images(), images()
+    for key in text_view_keys(rig.cfg.loss):
+        out[key] = rig.bundle.tokenizer(random_captions(batch, seed + 1 + len(out)))
     if rig.device.type == "cuda":
         out = {k: v.pin_memory() for k, v in out.items()}
     return out
@@ -367,6 +394,56 @@ def add_flops(row: dict, towers: dict, rig: Rig, peak: float | None) -> dict:
     return row
 
 
+def measure_worker(rig: Rig, manifest: Path, samples: int, warmup: int = 8) -> dict:
+    """CPU milliseconds per sample of one loader worker's work, measured in this process with one torch
+    thread (DataLoader workers run with one): ``TrainPairs[key]``, then collating those samples."""
+    _, pairs, dataset = build_training_data(rig.cfg, manifest, rig.bundle)
+    keys = [key for batch in EpochBatchSampler(len(pairs), 1, seed=rig.cfg.train.seed, epoch=0) for key in batch]
+    keys = keys[:warmup + samples]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for key in keys[:warmup]:
+            dataset[key]
+        start = time.process_time()
+        items = [dataset[key] for key in keys[warmup:]]
+        getitem = time.process_time() - start
+        start = time.process_time()
+        for lo in range(0, len(items), 64):
+            default_collate(items[lo:lo + 64])
+        collate = time.process_time() - start
+    finally:
+        torch.set_num_threads(threads)
+    n = len(items)
+    return {"mode": "worker", "samples": n, "worker_cpu_ms": {
+        "getitem": 1e3 * getitem / n, "collate": 1e3 * collate / n, "total": 1e3 * (getitem + collate) / n}}
+
+
+def measure_device_aug(rig: Rig, manifest: Path, batch: int, steps: int, warmup: int) -> dict:
+    """Milliseconds per sample of ``DeviceAugment`` on loader batches already moved to the device: wall time,
+    and on a CPU also the process's CPU time (steadier than wall time on a shared machine)."""
+    if rig.augment is None:
+        raise SystemExit("--modes device-aug needs --device-aug (data.image_aug.on_device=true)")
+    batches, _ = loader_batches(rig, manifest, batch)
+    times, cpu_times = [], []
+    for i in range(warmup + steps):
+        data = next(batches)
+        data = {**data, "image": data["image"].to(rig.device)}
+        synchronize(rig.device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        rig.augment(data, rig.device)
+        synchronize(rig.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+    batches.close()
+    row = {"mode": "device-aug", "batch": batch, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+           "ms_per_sample": {k: 1e3 * v / batch for k, v in summarise(times).items()}}
+    if rig.device.type == "cpu":
+        row["cpu_ms_per_sample"] = {k: 1e3 * v / batch for k, v in summarise(cpu_times).items()}
+    return row
+
+
 def run_modes(rig: Rig, *, modes: list[str], manifest: Path | None, batch: int, chunk: int, steps: int,
               warmup: int, check_flops: bool, label: str) -> list[dict]:
     rows = []
@@ -375,6 +452,13 @@ def run_modes(rig: Rig, *, modes: list[str], manifest: Path | None, batch: int, 
     for mode in modes:
         print(f"[{label}] {mode}: batch {batch}, chunk {chunk}, {warmup}+{steps} steps ...", file=sys.stderr,
               flush=True)
+        if mode in ("worker", "device-aug"):
+            if manifest is None:
+                continue
+            row = (measure_worker(rig, manifest, samples=batch * steps) if mode == "worker"
+                   else measure_device_aug(rig, manifest, batch, steps, warmup))
+            rows.append({**common, "on_device": rig.cfg.data.image_aug.on_device, **row})
+            continue
         if mode == "synthetic":
             data = synthetic_batch(rig, batch)
             row = measure(rig, mode, _repeat(data), batch=batch, chunk=chunk, steps=steps, warmup=warmup)
@@ -466,7 +550,28 @@ def _fmt_memory(memory: dict) -> str:
     return f"{memory['peak_bytes'] / 2**30:.2f} GiB"
 
 
+def print_augmentation_rows(rows: list[dict]) -> None:
+    for r in rows:
+        path = "device path" if r["on_device"] else "CPU path"
+        if r["mode"] == "worker":
+            ms = r["worker_cpu_ms"]
+            print(f"[{r['experiment']}] worker, {path}, {r['image_size'][0]}x{r['image_size'][1]}: "
+                  f"{ms['total']:.2f} CPU-ms/sample ({ms['getitem']:.2f} read+decode+views, {ms['collate']:.2f} "
+                  f"collate) over {r['samples']} samples")
+        else:
+            ms = r["ms_per_sample"]
+            cpu = r.get("cpu_ms_per_sample")
+            cpu_text = f", CPU time median {cpu['median']:.2f} ms/sample" if cpu else ""
+            print(f"[{r['experiment']}] device-aug on {r['threads']} thread(s), batch {r['batch']}: wall median "
+                  f"{ms['median']:.2f} ms/sample (p90 {ms['p90']:.2f}){cpu_text}")
+
+
 def print_table(rows: list[dict]) -> None:
+    aug_rows = [r for r in rows if r.get("mode") in ("worker", "device-aug")]
+    rows = [r for r in rows if r.get("mode") not in ("worker", "device-aug")]
+    print_augmentation_rows(aug_rows)
+    if not rows:
+        return
     header = (f"{'experiment':<27} {'mode':<11} {'batch':>5} {'chunk':>5} {'wrk':>3} {'samples/s':>10} {'@median':>8} "
               f"{'step med':>9} {'p90':>9} {'wait med':>9} {'peak mem':>10} {'GFLOP/smp':>10} {'TFLOP/s':>8} "
               f"{'MFU':>6} {'HFU':>6}")
@@ -506,7 +611,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="loader workers (default: the experiment's data.num_workers)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (worker start-up, allocator)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help="comma-separated subset of " + ",".join(MODES) + " (default: the first three)")
+    parser.add_argument("--device-aug", action="store_true",
+                        help="augment on the training device (sets data.image_aug.on_device=true)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int,
                         help="torch.set_num_threads in the main process (default: torch's, = cores); loader "
@@ -538,8 +646,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def experiment_config(path: Path, overrides: list[str], workers: int | None) -> ExperimentConfig:
-    cfg = load_experiment(path, parse_dotted(overrides))
+def experiment_config(path: Path, overrides: list[str], workers: int | None,
+                      device_aug: bool = False) -> ExperimentConfig:
+    extra = ["data.image_aug.on_device=true"] if device_aug else []
+    cfg = load_experiment(path, parse_dotted([*overrides, *extra]))
     if workers is not None:
         cfg.data.num_workers = workers
     return cfg
@@ -556,17 +666,19 @@ def main(argv=None) -> int:
     print(f"load average before: {load_before}", flush=True)
     started = time.perf_counter()
     if args.preset_sweep:
-        jobs = [(experiment_config(EXPERIMENTS / f"{p}.yaml", [*SWEEP_OVERRIDES, *args.set], args.workers), None, None)
+        jobs = [(experiment_config(EXPERIMENTS / f"{p}.yaml", [*SWEEP_OVERRIDES, *args.set], args.workers,
+                                   args.device_aug), None, None)
                 for p in args.sweep_presets]
     else:
-        cfg = experiment_config(args.experiment, args.set, args.workers)
+        cfg = experiment_config(args.experiment, args.set, args.workers, args.device_aug)
         jobs = [(cfg, args.batch if args.batch is not None else cfg.data.batch_size,
                  args.chunk if args.chunk is not None else cfg.train.grad_cache_chunk)]
     rows: list[dict] = []
     towers_by_experiment: dict[str, dict] = {}
     for cfg, batch, chunk in jobs:
         rig = build_rig(cfg, device, args.simulate_oom_above)
-        towers = tower_flops(rig.model, device, backward=True, simclr=rig.cfg.loss.uses_ss_i)
+        towers = tower_flops(rig.model, device, backward=True, simclr=rig.cfg.loss.uses_ss_i,
+                             text_simclr=rig.cfg.loss.uses_ss_t)
         towers_by_experiment[cfg.name] = towers
         if args.preset_sweep:
             new_rows = sweep_preset(args, rig)

@@ -88,7 +88,8 @@ class ModelConfig:
     logit_scale_init: float | None = _ranged(None, gt=0.0)
     """Initial logit scale s (theta = ln s) for random-init models; null keeps the checkpoint's value."""
     simclr_head_dim: int = _ranged(128, ge=1)
-    """Hidden width of the SimCLR head (512->128->512 in the recipe); built only when SS-I is on."""
+    """Hidden width of the SimCLR heads (512->128->512 in the recipe); the image head is built only when SS-I
+    is on, the text head (same shape) only when SS-T is on."""
 
 
 @dataclass
@@ -100,9 +101,15 @@ class LossConfig:
     soft_label_ramp_epochs: int = _ranged(1, ge=0)
     """alpha ramps linearly per iteration from 0 over this many epochs (official behaviour)."""
     mvs_i: bool = True
-    """Multi-view image supervision: N-ITC on a second augmented view."""
+    """MVS-I: N-ITC also on (I~, T), I~ a second draw of the image augmentation (docs/method.md#mvs)."""
+    mvs_t: bool = False
+    """MVS-T (paper Table 5, not in the recipe): N-ITC also on (I, T~), T~ a second independent draw of
+    the caption augmentation (docs/method.md#mvs, D20)."""
+    mvs_it: bool = False
+    """MVS-IT (paper Table 5, not in the recipe): N-ITC also on (I~, T~) (docs/method.md#mvs, D20)."""
     mvs_mode: str = _ranged("average", choices=("average", "add"))
-    """'average' = 1/2[N-ITC(V,T)+N-ITC(V~,T)] (official) or 'add' = N-ITC(V,T)+N-ITC(V~,T) (paper)."""
+    """How the N-ITC terms of the views combine: 'average' = their mean, so MVS-I alone is
+    1/2[N-ITC(V,T)+N-ITC(V~,T)] (official), or 'add' = their sum (the paper's wording)."""
     r_itc_weight: float = _ranged(1.0, ge=0.0)
     """Weight of the reversed-KL R-ITC term; 0 disables it."""
     r_itc_eps: float = _ranged(1e-2, gt=0.0)
@@ -115,13 +122,119 @@ class LossConfig:
     """Weight of the SimCLR image self-supervision loss SS-I; 0 disables it (and the head)."""
     ss_i_temperature: float = _ranged(0.1, gt=0.0)
     """NT-Xent temperature of SS-I."""
+    ss_t_weight: float = _ranged(0.0, ge=0.0)
+    """Weight of the text self-supervision loss SS-T (paper Table 5, not in the recipe; 0.4 like SS-I
+    when studied): NT-Xent on two independent draws of the caption augmentation through a text SimCLR
+    head (docs/method.md#ss, D19). 0 disables it (and the text head). SS-IT = SS-I and SS-T both on."""
+    ss_t_temperature: float = _ranged(0.1, gt=0.0)
+    """NT-Xent temperature of SS-T."""
     global_grad: bool = True
     """All-gather features with gradients across processes (false: gathered copies are constants)."""
+    emulated_processes: int = _ranged(1, ge=1)
+    """With global_grad false: compute the loss as this many data-parallel processes without GlobalGrad
+    would, however many real processes run it (each virtual rank's rows against all columns, only its
+    own slice carrying gradient; the ranks' losses averaged). The paper's non-GlobalGrad rows ran on 4
+    GPUs: 4 reproduces them on 1, 2 or 4 (docs/method.md#globalgrad). 1 = off; needs global_grad false,
+    a multiple of the real processes and a batch divisible by it."""
 
     @property
     def uses_ss_i(self) -> bool:
         """SS-I is on: training builds the SimCLR head and its two augmented views."""
         return self.ss_i_weight > 0
+
+    @property
+    def uses_ss_t(self) -> bool:
+        """SS-T is on: training builds the text SimCLR head and two more caption views."""
+        return self.ss_t_weight > 0
+
+    @property
+    def uses_image_mvs(self) -> bool:
+        """A second image view I~ is needed (MVS-I or MVS-IT)."""
+        return self.mvs_i or self.mvs_it
+
+    @property
+    def uses_text_mvs(self) -> bool:
+        """A second caption view T~ is needed (MVS-T or MVS-IT)."""
+        return self.mvs_t or self.mvs_it
+
+
+IMAGE_AUG_OPS = ("resized_crop", "erasing", "grayscale", "color_jitter", "color_jitter_hue", "hflip", "vflip",
+                 "gaussian_blur", "rotation")
+"""Every single image op of the paper's ablation (Table 2); ``color_jitter`` is brightness/contrast/saturation."""
+RECIPE_POOL_OPS = ("color_jitter", "rotation", "resized_crop", "grayscale", "hflip", "erasing")
+"""The augmentation pool's six ops in the order of the pool table (docs/method.md#augmentation-pool)."""
+AUTO_AUGMENT_STRATEGIES = ("autoaugment", "randaugment", "trivialaugment")
+"""Strategies that are torchvision policies acting on the uint8 image (docs/method.md#d29-multi-augmentation-strategies)."""
+
+
+@dataclass
+class ImageAugConfig:
+    """Training-image augmentation (paper §3.2, Table 2). The defaults are the recipe's pool.
+
+    Every parameter is the one setting of an op wherever the op runs (pool, stack, a single-op row);
+    the SimCLR views of SS-I keep their own fixed MoCo-v2 recipe (docs/method.md#simclr-views).
+    """
+
+    strategy: str = _ranged("pool", choices=("none", "pool", "stack", *AUTO_AUGMENT_STRATEGIES))
+    """'pool' = ``pool_draws`` of ``ops`` drawn uniformly with replacement per image, applied in draw order;
+    'stack' = every op of ``ops`` in the listed order, each with its own probability (one op = that op's
+    single-op row); 'autoaugment' (ImageNet policy), 'randaugment', 'trivialaugment' = torchvision's
+    policies on the resized uint8 image; 'none' = resize and normalise only."""
+    ops: tuple[str, ...] = _ranged(RECIPE_POOL_OPS, choices=IMAGE_AUG_OPS)
+    """Ops used by 'pool' and 'stack' (no repeats); the default is the recipe's pool of six."""
+    pool_draws: int = _ranged(2, ge=1, le=16)
+    """How many ops 'pool' draws per image (with replacement)."""
+    crop_min_scale: float = _ranged(0.9, gt=0.0, le=1.0)
+    """resized_crop: the crop's area share is uniform in [this, 1]; aspect ratio log-uniform in [3/4, 4/3]."""
+    erasing_p: float = _ranged(0.5, **PROBABILITY)
+    """erasing: probability of erasing one rectangle (value 0 before normalisation)."""
+    erasing_area: tuple[float, float] = _ranged((0.10, 0.20), gt=0.0, lt=1.0)
+    """erasing: the rectangle's area share is uniform in [low, high]; aspect ratio in [0.3, 3.3]."""
+    grayscale_p: float = _ranged(0.1, **PROBABILITY)
+    """grayscale: probability of replacing the image by its luma (3 channels)."""
+    flip_p: float = _ranged(0.5, **PROBABILITY)
+    """hflip, vflip: probability of flipping."""
+    jitter: float = _ranged(0.1, ge=0.0, lt=1.0)
+    """color_jitter: brightness, contrast and saturation factors each uniform in [1 - this, 1 + this],
+    applied in random order."""
+    jitter_hue: float = _ranged(0.1, ge=0.0, le=0.5)
+    """color_jitter_hue: hue shift uniform in [-this, this] (fractions of the hue circle)."""
+    blur_kernel: int = _ranged(3, ge=1, le=63)
+    """gaussian_blur: kernel size (odd), reflect padding."""
+    blur_sigma: tuple[float, float] = _ranged((0.1, 2.0), gt=0.0, le=32.0)
+    """gaussian_blur: sigma uniform in [low, high]."""
+    rotation_degrees: float = _ranged(15.0, ge=0.0, le=180.0)
+    """rotation: angle uniform in [-this, this], nearest neighbour, black fill (0 before normalisation)."""
+    randaugment_ops: int = _ranged(2, ge=1, le=16)
+    """randaugment: N, ops per image."""
+    randaugment_magnitude: int = _ranged(9, ge=0, le=30)
+    """randaugment: M, the magnitude level out of torchvision's 31 (0..30)."""
+    on_device: bool = False
+    """Run the augmentation batched on the training device: loader workers only decode, resize to the
+    training size and draw each sample's parameters (from the same per-sample seed as the CPU path); the
+    ops, the MVS view, the SimCLR views and normalisation run after the batch reaches the device
+    (docs/method.md#augmentation-on-the-device). Not for the torchvision policies."""
+
+    def validate(self, where: str) -> None:
+        """Checks across fields (each field's own range is declared above)."""
+        if self.strategy in ("pool", "stack") and not self.ops:
+            raise UserInputError(f"{where}.ops: empty with strategy {self.strategy!r}. Fix: list at least one op "
+                                 f"of {list(IMAGE_AUG_OPS)}, or use strategy 'none'")
+        repeated = sorted({op for op in self.ops if self.ops.count(op) > 1})
+        if repeated:
+            raise UserInputError(f"{where}.ops: {repeated} listed more than once. Fix: list each op once "
+                                 "(the pool's draw is already with replacement)")
+        for name in ("erasing_area", "blur_sigma"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise UserInputError(f"{where}.{name}: {[low, high]} has low > high. Fix: give [low, high]")
+        if self.blur_kernel % 2 == 0:
+            raise UserInputError(f"{where}.blur_kernel: {self.blur_kernel} is even. Fix: use an odd size (3, 7, 11)")
+        if self.on_device and self.strategy in AUTO_AUGMENT_STRATEGIES:
+            raise UserInputError(
+                f"{where}.on_device: true, but strategy {self.strategy!r} (a torchvision policy) runs only in the "
+                "loader workers. Fix: set on_device: false for this strategy, or use 'pool', 'stack' or 'none'"
+            )
 
 
 @dataclass
@@ -132,16 +245,42 @@ class DataConfig:
     """Loader worker processes per training process."""
     normalisation: str = _ranged("imagenet", choices=("imagenet", "clip"))
     """'imagenet' (official implementation) or 'clip' (CLIP pre-training statistics)."""
-    image_pool: bool = True
-    """Apply the augmentation pool (2 of 6 ops, with replacement) to training images."""
+    image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
+    """Training-image augmentation: strategy, ops and their parameters, CPU or device path."""
     backtranslation_prob: float = _ranged(0.1, **PROBABILITY)
     """Probability of replacing a training caption by its back-translation."""
     word_deletion_prob: float = _ranged(0.05, **PROBABILITY)
-    """Per-word Bernoulli deletion probability for training captions."""
+    """Per-word Bernoulli deletion probability for training captions (RD; the recipe's last text op)."""
+    synonym_replacement_alpha: float = _ranged(0.0, **PROBABILITY)
+    """SR (paper Table 3, not in the recipe): replace n = max(1, int(alpha*L)) randomly chosen word units
+    (L = words in the caption) by a synonym each; 0 = off (docs/method.md#text-augmentation-ablation)."""
+    random_insertion_alpha: float = _ranged(0.0, **PROBABILITY)
+    """RI (paper Table 3): n = max(1, int(alpha*L)) times, insert a synonym of a random word unit at a
+    random position; 0 = off."""
+    random_swap_alpha: float = _ranged(0.0, **PROBABILITY)
+    """RS (paper Table 3): n = max(1, int(alpha*L)) times, swap two random word units; 0 = off."""
+    eda_alpha: float = _ranged(0.0, **PROBABILITY)
+    """EDA (paper Table 3): per caption, one of SR, RI, RS (n = max(1, int(alpha*L))) and unit-level
+    Bernoulli deletion (p = alpha), chosen uniformly; 0 = off."""
+    synonym_source: str = _ranged("auto", choices=("auto", "wordnet", "table"))
+    """Where SR, RI and EDA draw synonyms: 'wordnet' (NLTK's WordNet through nlpaug; needs nltk and
+    NLTK_DATA with corpora/wordnet), 'table' (the shipped pedestrian synonym table) or 'auto' (WordNet
+    when available, else the table; resolved once per run and saved resolved in the run's config)."""
     max_words: int = _ranged(77, ge=1)
     """Captions are cut to this many words after cleaning."""
     few_shot_fraction: float = _ranged(1.0, gt=0.0, le=1.0)
     """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
+
+    @property
+    def uses_word_ops(self) -> bool:
+        """A word-level augmentation (SR, RI, RS or EDA) is on: training loads spaCy."""
+        return any(a > 0 for a in (self.synonym_replacement_alpha, self.random_insertion_alpha,
+                                   self.random_swap_alpha, self.eda_alpha))
+
+    @property
+    def uses_synonyms(self) -> bool:
+        """SR, RI or EDA is on: the run draws synonyms (from ``synonym_source``)."""
+        return any(a > 0 for a in (self.synonym_replacement_alpha, self.random_insertion_alpha, self.eda_alpha))
 
 
 @dataclass
@@ -244,6 +383,10 @@ def _coerce(value, annotation, where: str):
             except UserInputError as e:
                 errors.append(str(e))
         raise UserInputError(errors[0] if errors else f"{where}: cannot be null")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise UserInputError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserInputError(f"{where}: expected a list of {len(args)} values, got {value!r}")
@@ -297,13 +440,15 @@ def _build(cls, values: dict, where: str, base=None):
             coerced = _coerce(value, hints[key], f"{where}.{key}")
             _check_allowed(coerced, fields[key].metadata.get("allowed"), f"{where}.{key}")
             setattr(obj, key, coerced)
+    if hasattr(obj, "validate"):
+        obj.validate(where)
     return obj
 
 
 def _check_allowed(value, rule: Allowed | None, where: str) -> None:
     if rule is None or value is None:
         return
-    items = value if isinstance(value, (tuple, list)) and rule.choices is None else (value,)
+    items = value if isinstance(value, (tuple, list)) else (value,)  # a list setting: each item
     for item in items:
         if not rule.accepts(item):
             wanted = rule.describe() if rule.choices is not None else f"a value {rule.describe()}"
@@ -322,6 +467,8 @@ def check_allowed(cfg) -> None:
             check_allowed(value)
         else:
             _check_allowed(value, f.metadata.get("allowed"), f"{type(cfg).__name__}.{f.name}")
+    if hasattr(cfg, "validate"):
+        cfg.validate(type(cfg).__name__)
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: dict, where: str = "overrides") -> ExperimentConfig:
@@ -427,4 +574,10 @@ def load_experiment(path: str | Path, overrides: dict | None = None) -> Experime
 
 def config_from_dict(d: dict) -> ExperimentConfig:
     """Rebuild a resolved config (e.g. the one saved beside a checkpoint)."""
+    data = d.get("data")
+    if isinstance(data, dict) and "image_pool" in data:
+        # Saved before data.image_aug existed: image_pool true was the recipe's pool, false no augmentation.
+        data = {k: v for k, v in data.items() if k != "image_pool"}
+        data["image_aug"] = {"strategy": "pool" if d["data"]["image_pool"] else "none"}
+        d = {**d, "data": data}
     return apply_overrides(ExperimentConfig(), d, where="saved config")

@@ -27,6 +27,12 @@ Every loss in :mod:`tbps.losses` sees the *local* rows of the batch (b = B / P p
 Both gathers are the identity when the job is not distributed (world size 1), so the same loss code
 runs on one device at batch B.
 
+* :func:`emulated_gather_no_grad` reproduces the baseline's gradients with fewer real processes than
+  the P it emulates (``loss.emulated_processes``; e.g. one process holding all B rows): for virtual
+  rank r it returns the gathered batch with every slice but r's detached, which is what
+  ``gather_no_grad`` returns on real process r of P. Averaging the virtual ranks' losses then gives
+  the gradient that P real processes without GlobalGrad average by DDP.
+
 Collective-ordering rule: every process must call the same gathers in the same order, and every
 gathered tensor must receive a gradient on every process (true when the loss code is the same on
 all processes), otherwise the backward all-reduce would wait forever.
@@ -217,3 +223,12 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
         parts = _all_gather_cat(x.detach())
     parts[dist.get_rank()] = x
     return torch.cat(parts, dim=0)
+
+
+def emulated_gather_no_grad(x_all: torch.Tensor, rank: int, local_rows: int) -> torch.Tensor:
+    """The baseline gather of virtual process ``rank`` on one device: ``x_all`` (all B rows) with only
+    rows ``rank * local_rows ...`` keeping their gradient, the other slices constants."""
+    start, end = rank * local_rows, (rank + 1) * local_rows
+    if rank < 0 or end > x_all.shape[0]:
+        raise ValueError(f"virtual rank {rank} x {local_rows} rows does not fit in {x_all.shape[0]} rows")
+    return torch.cat([x_all[:start].detach(), x_all[start:end], x_all[end:].detach()], dim=0)

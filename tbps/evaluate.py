@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from tbps.config import ExperimentConfig
 from tbps.data.captions import clean_caption
+from tbps.data.synonym_sources import synonym_source_used
 from tbps.data.transforms import eval_transform
 from tbps.device import resolve_device
 from tbps.errors import UserInputError
@@ -194,7 +195,10 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
             "dataset": dataset, "experiment": experiment, "split": split, "direction": direction,
             "epoch": epoch, "selection": "last" if checkpoint_path is not None else "zero-shot", **metrics,
             "num_queries": result.num_queries[direction], "num_gallery": result.num_gallery[direction],
-            "seed": seed, "config_sha256": config_sha, "data_sha256": data_sha, **environment(),
+            "seed": seed, "config_sha256": config_sha, "data_sha256": data_sha,
+            # A checkpoint's config holds the resolved source; a zero-shot row trained nothing.
+            "synonym_source": synonym_source_used(cfg.data) if checkpoint_path is not None else "none",
+            **environment(),
             "checkpoint": str(checkpoint_path) if checkpoint_path is not None else "",
             "created_at": created,
         })

@@ -13,7 +13,7 @@ Conventions shared by every function:
 * Row-averaged losses divide by the local b. Under DDP this gives the exact single-device gradient
   (see :mod:`tbps.distributed`).
 
-The overall weights (R-ITC 1, SS-I 0.4, C-ITC 0.1, MVS-I averaging) are applied by
+The overall weights (R-ITC 1, SS-I 0.4, C-ITC 0.1, MVS averaging; SS-T when studied) are applied by
 :func:`combine_losses`, never inside the individual terms. No setting has a default here: every
 number comes from the experiment's ``LossConfig`` (:mod:`tbps.config`, where the recipe's values
 live), passed by :func:`tbps.objective.step_loss`.
@@ -191,13 +191,14 @@ def c_itc(img_all: Tensor, txt_all: Tensor, *, term_weight: float) -> Tensor:
     return term_weight * (c_inter + c_cross)
 
 
-def ss_i_nt_xent(
+def nt_xent(
     za_local: Tensor, zb_local: Tensor, za_all: Tensor, zb_all: Tensor, rank: int, *, temperature: float
 ) -> Tensor:
-    """SS-I: symmetric NT-Xent over the gathered SimCLR embeddings, identities ignored.
+    """Symmetric NT-Xent over gathered SimCLR embeddings of two views, identities ignored (paper Eq. 3).
 
-    Anchor z^a_i has logits z^a_i·z^b_j/τ (j = 1..B) followed by z^a_i·z^a_j/τ (j ≠ g(i)) and
-    target g(i); z^b_i likewise with the roles swapped. Returns ½[mean_i ℓ^a_i + mean_i ℓ^b_i].
+    SS-I applies it to the image views' head outputs, SS-T to the caption views'. Anchor z^a_i has
+    logits z^a_i·z^b_j/τ (j = 1..B) followed by z^a_i·z^a_j/τ (j ≠ g(i)) and target g(i); z^b_i
+    likewise with the roles swapped. Returns ½[mean_i ℓ^a_i + mean_i ℓ^b_i].
     """
     b, big_b = za_local.shape[0], za_all.shape[0]
     start = rank * b
@@ -222,34 +223,43 @@ def combine_losses(
     n_itc_main: Tensor,
     *,
     n_itc_mvs: Tensor | None = None,
+    n_itc_mvs_t: Tensor | None = None,
+    n_itc_mvs_it: Tensor | None = None,
     r_itc: Tensor | None = None,
     ss_i: Tensor | None = None,
+    ss_t: Tensor | None = None,
     c_itc: Tensor | None = None,
     mvs_mode: str,
     r_weight: float,
-    ss_weight: float,
+    ss_i_weight: float,
+    ss_t_weight: float,
     c_weight: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss from the per-term values (spec §6 "Total loss").
 
-    ``n_itc_main`` is N-ITC(V,T) (or the plain CLIP loss); ``n_itc_mvs`` is N-ITC(Ṽ,T), combined by
-    ``mvs_mode`` 'average' (½ sum, official) or 'add' (paper). ``c_itc`` is the already
-    term-weighted :func:`c_itc` value, multiplied here by ``c_weight``. A term that is None or has
-    weight 0 is left out. Returns (total, detached terms for logging, including 'total').
+    ``n_itc_main`` is N-ITC(V,T) (or the plain CLIP loss). The multi-view terms ``n_itc_mvs``
+    (MVS-I: N-ITC(Ṽ,T)), ``n_itc_mvs_t`` (MVS-T: N-ITC(V,T̃)) and ``n_itc_mvs_it`` (MVS-IT:
+    N-ITC(Ṽ,T̃)) join it by ``mvs_mode``: 'average' = the mean of the N-ITC terms present (MVS-I
+    alone: ½[N-ITC(V,T) + N-ITC(Ṽ,T)], official), 'add' = their sum (paper). ``c_itc`` is the
+    already term-weighted :func:`c_itc` value, multiplied here by ``c_weight``. A term that is None
+    or has weight 0 is left out. Returns (total, detached terms for logging, including 'total').
     """
     if mvs_mode not in MVS_MODES:
         raise ValueError(f"mvs_mode must be one of {MVS_MODES}, got {mvs_mode!r}")
     terms: dict[str, Tensor] = {"n_itc": n_itc_main}
-    if n_itc_mvs is None:
-        total = n_itc_main
-    else:
-        terms["n_itc_mvs"] = n_itc_mvs
-        total = n_itc_main + n_itc_mvs
-        if mvs_mode == "average":
-            total = 0.5 * total
+    total = n_itc_main
+    views = 1
+    for name, value in (("n_itc_mvs", n_itc_mvs), ("n_itc_mvs_t", n_itc_mvs_t), ("n_itc_mvs_it", n_itc_mvs_it)):
+        if value is not None:
+            terms[name] = value
+            total = total + value
+            views += 1
+    if mvs_mode == "average" and views > 1:
+        total = total / views
     for name, value, weight in (
         ("r_itc", r_itc, r_weight),
-        ("ss_i", ss_i, ss_weight),
+        ("ss_i", ss_i, ss_i_weight),
+        ("ss_t", ss_t, ss_t_weight),
         ("c_itc", c_itc, c_weight),
     ):
         if value is not None and weight != 0:

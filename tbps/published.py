@@ -1,7 +1,9 @@
-"""Published retrieval numbers (spec §9) as data, for reference marks in plots and tables.
+"""Published retrieval numbers (docs/method.md#published-numbers) as data, for reference marks in
+plots and tables.
 
-Text->image, full ranking, percent. ``None`` = not reported. The paper selected the
-best epoch on the test split (spec §8), so these are "best-on-test" figures, while
+Text->image, full ranking, percent. ``None`` = not reported. The main rows are the TBPS-CLIP
+paper's Tables 6-8. The paper selected the best epoch on the test split
+(docs/method.md#model-selection), so these are "best-on-test" figures, while
 the pipeline reports the last epoch: expect ours to sit slightly below at equal
 quality. Seed variance in this field is about ±2 R@1.
 """
@@ -34,7 +36,7 @@ class Published:
 
 
 def _row(method: str, dataset: str, values: str, source: str = PAPER, minp: float | None = None) -> Published:
-    """``values`` = "R1/R5/R10/mAP" exactly as printed in the spec's tables."""
+    """``values`` = "R1/R5/R10/mAP" exactly as printed in the paper's tables."""
     r1, r5, r10, m = (float(v) for v in values.split("/"))
     return Published(method, dataset, r1, r5, r10, m, minp, source)
 
@@ -116,12 +118,15 @@ def for_experiment(experiment: str, dataset: str, selection: str = "last") -> Pu
     """The published row a result of ours should be compared with, or None (e.g. synthetic data).
 
     ``selection`` as in the metrics tables: 'zero-shot' rows (pretrained weights, no fine-tuning)
-    of a B/16 preset compare with the zero-shot CLIP B/16 row.
+    compare with the zero-shot CLIP B/16 row, whatever the run is called (the workflow names it
+    ``zero_shot``; every preset with pretrained weights is a B/16).
     """
+    if selection == "zero-shot":
+        return lookup(ZERO_SHOT_METHOD, dataset)
     method = EXPERIMENT_TO_METHOD.get(experiment)
     if method is None:
         return None
-    return lookup(ZERO_SHOT_METHOD if selection == "zero-shot" else method, dataset)
+    return lookup(method, dataset)
 
 
 def as_frame() -> pl.DataFrame:

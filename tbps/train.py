@@ -8,6 +8,7 @@ computed exactly by gradient caching (``train.grad_cache_chunk``).
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -17,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -26,15 +28,26 @@ from torch.utils.data import DataLoader
 
 from tbps import checkpoint, losses, provenance
 from tbps.config import ExperimentConfig, LossConfig
+from tbps.data import synonym_sources
 from tbps.data.loader import EpochBatchSampler, TrainPairs, pair_table
 from tbps.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic, write_text_atomic
 from tbps.gradcache import grad_cached_backward
-from tbps.objective import batch_inputs, nograd_pass, step_loss
+from tbps.objective import (
+    ENCODERS,
+    batch_inputs,
+    check_process_emulation,
+    nograd_pass,
+    step_loss,
+    text_view_keys,
+)
 from tbps.progress import progress
 from tbps.schedule import learning_rate
 from tbps.shards.index import ShardIndex
+
+if TYPE_CHECKING:
+    from tbps.data.device_aug import DeviceAugment
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +97,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_synonym_source(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``data.synonym_source: auto`` resolved to the source this run will use, when its text
+    augmentation draws synonyms (a copy; otherwise ``cfg`` itself, so runs without synonyms keep their
+    configuration and its hash). Saved so, the run's config.yaml, checkpoints and metrics rows say
+    which source it used."""
+    if not cfg.data.uses_synonyms:
+        return cfg
+    source = synonym_sources.resolve_synonym_source(cfg.data.synonym_source)
+    if source == cfg.data.synonym_source:
+        return cfg
+    resolved = copy.deepcopy(cfg)
+    resolved.data.synonym_source = source
+    log.info("data.synonym_source auto -> %s", source)
+    return resolved
+
+
 def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
     """The shard index, the (image, caption) pair table and the augmenting dataset of a run."""
     from tbps.data import transforms
+    from tbps.data.device_aug import ViewDraws
+    from tbps.data.word_ops import word_augmenter
 
     index = ShardIndex.from_manifest(manifest)
     missing = [s.meta.get("image_path") for s in index.samples if s.meta.get("train_id") is None]
@@ -97,15 +128,31 @@ def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
         )
     pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
     size = tuple(cfg.model.image_size)
-    pool = transforms.train_pool_transform(size, cfg.data.normalisation, enabled=cfg.data.image_pool)
+    view = transforms.train_transform(size, cfg.data.normalisation, cfg.data.image_aug)
+    simclr = transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None
+    if cfg.data.image_aug.on_device:
+        images = {"view_draws": ViewDraws(view, mvs=cfg.loss.uses_image_mvs, simclr=simclr)}
+    else:
+        images = {"image_transform": view, "mvs_transform": view if cfg.loss.uses_image_mvs else None,
+                  "simclr_transform": simclr}
+    word_ops = None
+    if cfg.data.uses_word_ops:
+        source = synonym_sources.resolve_synonym_source(cfg.data.synonym_source) if cfg.data.uses_synonyms \
+            else "table"
+        word_ops = word_augmenter(cfg.data, source)
     dataset = TrainPairs(
-        index, pairs, tokenize=model_bundle.tokenizer, image_transform=pool,
-        mvs_transform=pool if cfg.loss.mvs_i else None,
-        simclr_transform=transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None,
+        index, pairs, tokenize=model_bundle.tokenizer, **images,
         backtranslation_prob=cfg.data.backtranslation_prob, word_deletion_prob=cfg.data.word_deletion_prob,
-        max_words=cfg.data.max_words,
+        max_words=cfg.data.max_words, word_ops=word_ops, text_views=text_view_keys(cfg.loss),
     )
     return index, pairs, dataset
+
+
+def device_augment(cfg: ExperimentConfig) -> DeviceAugment | None:
+    """What makes a batch's views on the training device (``data.image_aug.on_device``), else None."""
+    from tbps.data.device_aug import DeviceAugment
+
+    return DeviceAugment(cfg.data.normalisation) if cfg.data.image_aug.on_device else None
 
 
 def make_loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -> DataLoader:
@@ -120,24 +167,23 @@ def make_loader(dataset, sampler, cfg: ExperimentConfig, device: torch.device) -
 
 
 def make_encode(model, device: torch.device, amp_dtype: torch.dtype | None):
-    """``encode(name, x)``: the tower an input goes through (text, SimCLR head or image), under autocast."""
+    """``encode(name, x)``: the tower an input goes through (``ENCODERS``), under autocast."""
 
     def encode(name: str, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            if name == "text":
-                return model.encode_text(x)
-            if name.startswith("simclr"):
-                return model.simclr(x)
-            return model.encode_image(x)
+            return getattr(model, ENCODERS[name])(x)
 
     return encode
 
 
 def train_step(model, optimizer, scaler, encode, batch: dict, loss_cfg: LossConfig, *, alpha: float, chunk: int,
-               dist: DistInfo) -> tuple[torch.Tensor, dict]:
-    """One optimiser step: soft-label pass, (gradient-cached) forward/backward, gradient averaging
-    over processes, (scaled) optimiser step. Returns the loss and its terms (detached)."""
+               dist: DistInfo, augment: DeviceAugment | None = None) -> tuple[torch.Tensor, dict]:
+    """One optimiser step: the views on the device (``augment``, the device path), soft-label pass,
+    (gradient-cached) forward/backward, gradient averaging over processes, (scaled) optimiser step.
+    Returns the loss and its terms (detached)."""
+    if augment is not None:
+        batch = augment(batch, dist.device)
     ids = batch["train_id"].to(dist.device)
     inputs = batch_inputs(batch, loss_cfg)
     nograd = nograd_pass(encode, inputs, chunk) if alpha > 0 else None
@@ -271,6 +317,7 @@ class RunCheckpoints:
             "model": self.model.state_dict(), "config": self.cfg.to_dict(), "config_sha256": self.cfg.sha256(),
             "epochs": epochs_done, "global_step": run.global_step, "seed": self.cfg.train.seed,
             "stopped_by_max_steps": stopped_early, "code_version": provenance.code_version(),
+            "synonym_source": synonym_sources.synonym_source_used(self.cfg.data),
             "environment": provenance.environment(),
             "train_manifest_sha256": sha256_file(train_manifest),
         })
@@ -320,8 +367,10 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         warnings.warn("no GPU found: training on the CPU (fine for the tiny models, far too slow for ViT-B/16)",
                       stacklevel=1)
     paths = TrainPaths(Path(out))
+    check_process_emulation(cfg.loss, world_size=dist.world_size, global_batch=cfg.data.batch_size)
+    cfg = resolve_synonym_source(cfg)
     seed_everything(cfg.train.seed)
-    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i)
+    bundle = build_model(cfg.model, with_simclr_head=cfg.loss.uses_ss_i, with_text_simclr_head=cfg.loss.uses_ss_t)
     model = bundle.model.to(dev)
     index, pairs, dataset = build_training_data(cfg, Path(train_manifest), bundle)
 
@@ -346,6 +395,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
              dist.world_size, dev)
 
     encode = make_encode(model, dev, amp_dtype)
+    augment = device_augment(cfg)
     max_steps = cfg.train.max_steps
     stopped_early = max_steps is not None and run.global_step >= max_steps
     model.train()
@@ -365,7 +415,7 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
                                             ramp_epochs=cfg.loss.soft_label_ramp_epochs)
             scale_used = float(model.logit_scale_value().detach())
             _, terms = train_step(model, optimizer, scaler, encode, batch, cfg.loss, alpha=alpha,
-                                  chunk=cfg.train.grad_cache_chunk, dist=dist)
+                                  chunk=cfg.train.grad_cache_chunk, dist=dist, augment=augment)
             run.global_step += 1
             run.epoch, run.next_batch = epoch, step_in_epoch + 1
 

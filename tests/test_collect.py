@@ -33,7 +33,7 @@ def eval_table(dataset: str, experiment: str, r1: float = 70.0, **overrides) -> 
     for direction in ("t2i", "i2t"):
         row = {"dataset": dataset, "experiment": experiment, "split": "test", "direction": direction, "epoch": 5,
                "selection": "last", **METRIC_VALUES, "R1": r1, "num_queries": 100, "num_gallery": 50, "seed": 1,
-               "config_sha256": "c" * 64, "data_sha256": "d" * 64, **ENVIRONMENT,
+               "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none", **ENVIRONMENT,
                "checkpoint": f"results/{dataset}/{experiment}/train/final.pt",
                "created_at": "2024-01-01T00:00:00+00:00"}
         row.update(overrides)
@@ -104,6 +104,7 @@ def test_val_curves_add_one_row_per_epoch_and_direction(tmp_path):
     # Provenance the curve itself lacks comes from training's config.yaml; the rest stays null.
     assert set(val["config_sha256"]) == {ExperimentConfig().sha256()}
     assert set(val["seed"]) == {ExperimentConfig().train.seed}
+    assert set(val["synonym_source"]) == {"none"}  # the recipe draws no synonyms
     assert val["num_gallery"].null_count() == val.height
     # The test rows come first, then the val curve (split order), each sorted by direction and epoch.
     assert df["split"].to_list() == ["test"] * 2 + ["val"] * 6

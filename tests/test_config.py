@@ -143,3 +143,103 @@ def test_optional_setting_accepts_null_and_checks_values():
     cfg = apply_overrides(ExperimentConfig(), {"train": {"max_steps": None}})
     assert cfg.train.max_steps is None
     assert apply_overrides(cfg, {"train": {"max_steps": 3}}).train.max_steps == 3
+
+
+# ----------------------------------------------------------------------------- data.image_aug
+
+# Every image-augmentation row of the paper's Table 2 and every point of its sweeps, as overrides on
+# top of CLIP* (the study file builds on these names).
+TABLE_2_ROWS = {
+    "none": {"strategy": "none"},
+    **{f"single {op}": {"strategy": "stack", "ops": [op]} for op in
+       ("resized_crop", "erasing", "grayscale", "color_jitter", "color_jitter_hue", "hflip", "vflip",
+        "gaussian_blur", "rotation")},
+    "stacking all": {"strategy": "stack"},
+    "autoaugment": {"strategy": "autoaugment"},
+    "randaugment": {"strategy": "randaugment", "randaugment_ops": 2, "randaugment_magnitude": 9},
+    "trivialaugment": {"strategy": "trivialaugment"},
+    "pool": {"strategy": "pool"},
+    **{f"rrc {s}": {"strategy": "stack", "ops": ["resized_crop"], "crop_min_scale": s} for s in (0.3, 0.6, 0.9)},
+    **{f"re {a}": {"strategy": "stack", "ops": ["erasing"], "erasing_area": a}
+       for a in ([0.02, 0.10], [0.10, 0.20], [0.20, 0.30])},
+    **{f"blur {k}": {"strategy": "stack", "ops": ["gaussian_blur"], "blur_kernel": k} for k in (3, 7, 11)},
+    **{f"cj {c}": {"strategy": "stack", "ops": ["color_jitter"], "jitter": c} for c in (0.1, 0.2, 0.4)},
+    **{f"hue {c}": {"strategy": "stack", "ops": ["color_jitter_hue"], "jitter_hue": c} for c in (0.1, 0.2, 0.4)},
+    **{f"rot {d}": {"strategy": "stack", "ops": ["rotation"], "rotation_degrees": d} for d in (7.5, 15, 30)},
+}
+
+
+@pytest.mark.parametrize("row", TABLE_2_ROWS, ids=str)
+def test_every_table_2_row_is_expressible(row):
+    cfg = apply_overrides(ExperimentConfig(), {"data": {"image_aug": TABLE_2_ROWS[row]}})
+    check_allowed(cfg)
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    assert (row == "pool") == (cfg.sha256() == ExperimentConfig().sha256())
+
+
+def test_image_aug_defaults_are_the_recipe_pool():
+    aug = ExperimentConfig().data.image_aug
+    assert (aug.strategy, aug.pool_draws, aug.on_device) == ("pool", 2, False)
+    assert aug.ops == ("color_jitter", "rotation", "resized_crop", "grayscale", "hflip", "erasing")
+    assert (aug.crop_min_scale, aug.erasing_p, aug.erasing_area, aug.grayscale_p, aug.flip_p) == (
+        0.9, 0.5, (0.10, 0.20), 0.1, 0.5)
+    assert (aug.jitter, aug.jitter_hue, aug.blur_kernel, aug.blur_sigma, aug.rotation_degrees) == (
+        0.1, 0.1, 3, (0.1, 2.0), 15.0)
+    assert (aug.randaugment_ops, aug.randaugment_magnitude) == (2, 9)
+
+
+def test_variable_length_list_settings_coerce_and_check_each_item():
+    cfg = apply_overrides(ExperimentConfig(), parse_dotted(["data.image_aug.ops=[hflip, vflip, rotation]"]))
+    assert cfg.data.image_aug.ops == ("hflip", "vflip", "rotation")
+    assert apply_overrides(cfg, {"data": {"image_aug": {"ops": [], "strategy": "none"}}}).data.image_aug.ops == ()
+    with pytest.raises(UserInputError, match=r"image_aug\.ops: expected a list, got 'hflip'"):
+        apply_overrides(ExperimentConfig(), {"data": {"image_aug": {"ops": "hflip"}}})
+    with pytest.raises(UserInputError, match=r"image_aug\.ops\[1\]: expected a string, got 3"):
+        apply_overrides(ExperimentConfig(), {"data": {"image_aug": {"ops": ["hflip", 3]}}})
+    with pytest.raises(UserInputError, match=r"image_aug\.ops: \('hflip', 'shear'\) is not allowed. Fix: use "
+                                             r"one of 'resized_crop'"):
+        apply_overrides(ExperimentConfig(), {"data": {"image_aug": {"ops": ["hflip", "shear"]}}})
+
+
+@pytest.mark.parametrize(("image_aug", "message"), [
+    ({"strategy": "mixup"}, "image_aug.strategy: 'mixup' is not allowed"),
+    ({"crop_min_scale": 0.0}, "image_aug.crop_min_scale"),
+    ({"erasing_area": [0.3, 0.2]}, "image_aug.erasing_area: [0.3, 0.2] has low > high"),
+    ({"erasing_area": [0.1, 1.0]}, "image_aug.erasing_area"),
+    ({"blur_kernel": 4}, "image_aug.blur_kernel: 4 is even"),
+    ({"blur_sigma": [2.0, 0.1]}, "image_aug.blur_sigma"),
+    ({"jitter_hue": 0.6}, "image_aug.jitter_hue"),
+    ({"rotation_degrees": -1}, "image_aug.rotation_degrees"),
+    ({"randaugment_magnitude": 31}, "image_aug.randaugment_magnitude"),
+    ({"pool_draws": 0}, "image_aug.pool_draws"),
+    ({"ops": ["hflip", "hflip"]}, "['hflip'] listed more than once"),
+    ({"ops": []}, "image_aug.ops: empty with strategy 'pool'"),
+    ({"on_device": True, "strategy": "randaugment"}, "strategy 'randaugment' (a torchvision policy) runs only in the "
+                                                      "loader workers. Fix: set on_device: false"),
+    ({"image_pool": True}, "image_aug: unknown key(s) ['image_pool']"),
+])
+def test_bad_image_aug_settings_are_refused_with_the_fix(image_aug, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        apply_overrides(ExperimentConfig(), {"data": {"image_aug": image_aug}})
+
+
+def test_cross_field_checks_also_cover_values_set_in_code():
+    cfg = ExperimentConfig()
+    cfg.data.image_aug.on_device, cfg.data.image_aug.strategy = True, "autoaugment"
+    with pytest.raises(UserInputError, match="ImageAugConfig.on_device"):
+        check_allowed(cfg)
+
+
+def test_on_device_is_part_of_both_hashes():
+    cfg = apply_overrides(ExperimentConfig(), {"data": {"image_aug": {"on_device": True}}})
+    assert cfg.sha256() != ExperimentConfig().sha256()
+    assert cfg.resume_sha256() != ExperimentConfig().resume_sha256()
+
+
+def test_configs_saved_with_image_pool_still_load():
+    saved = ExperimentConfig().to_dict()
+    del saved["data"]["image_aug"]
+    assert config_from_dict({**saved, "data": {**saved["data"], "image_pool": True}}) == ExperimentConfig()
+    off = config_from_dict({**saved, "data": {**saved["data"], "image_pool": False}})
+    assert off.data.image_aug.strategy == "none"

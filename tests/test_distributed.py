@@ -5,10 +5,16 @@ SimCLR head and a logit scale) wrapped in DistributedDataParallel, and compute t
 (N-ITC with soft targets and MVS-I, R-ITC, C-ITC, SS-I) over gathered features. Their losses average,
 and their DDP-averaged parameter gradients equal, the loss and gradients of ONE process on the
 concatenated B = 8 samples — term by term and in total. The no-grad-gather baseline must differ.
+
+The same processes also run tbps.objective.step_loss with every loss variant (MVS-T, MVS-IT, SS-T on
+top of the recipe) with and without GlobalGrad: with it they match one process; without it they
+match one process emulating two (``loss.emulated_processes``), the study's stand-in for the paper's
+non-GlobalGrad rows; emulating four, they match one process emulating four.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -21,16 +27,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbps import distributed as tdist
+from tbps.config import LossConfig
 from tbps.losses import (
     c_itc,
     clamped_logit_scale,
     combine_losses,
     identity_targets,
     n_itc,
+    nt_xent,
     r_itc,
     soft_targets,
-    ss_i_nt_xent,
 )
+from tbps.objective import ENCODERS, NOGRAD_NAMES, step_loss
 
 WORLD = 2
 LOCAL_B = 4
@@ -102,11 +110,11 @@ def full_preset_terms(out, out_nograd, ids_local, rank, gather) -> dict[str, tor
         "n_itc_mvs": n2,
         "r_itc": r_itc(out["v"], out["t"], v_all, t_all, s, targets=hard, eps=1e-2),
         "c_itc": c_itc(v_all, t_all, term_weight=0.25),
-        "ss_i": ss_i_nt_xent(out["za"], out["zb"], za_all, zb_all, rank, temperature=0.1),
+        "ss_i": nt_xent(out["za"], out["zb"], za_all, zb_all, rank, temperature=0.1),
     }
     terms["total"], _ = combine_losses(
         n1, n_itc_mvs=n2, r_itc=terms["r_itc"], ss_i=terms["ss_i"], c_itc=terms["c_itc"], mvs_mode="average",
-        r_weight=1.0, ss_weight=0.4, c_weight=0.1,
+        r_weight=1.0, ss_i_weight=0.4, ss_t_weight=0.0, c_weight=0.1,
     )
     return terms
 
@@ -126,6 +134,58 @@ def losses_and_grads(model, forward, batch, rank, gather) -> dict[str, dict[str,
         grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
         results[term] = {"loss": loss.detach().clone(), **grads}
     return results
+
+
+class ObjectiveEncoder(nn.Module):
+    """The towers tbps.objective names (tbps.objective.ENCODERS), small: every view of every loss variant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Linear(IN_IMG, EMBED)
+        self.text = nn.Linear(IN_TXT, EMBED)
+        self.image_head = nn.Sequential(nn.Linear(EMBED, 4), nn.ReLU(), nn.Linear(4, EMBED))
+        self.text_head = nn.Sequential(nn.Linear(EMBED, 4), nn.ReLU(), nn.Linear(4, EMBED))
+        self.theta = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def encode_image(self, x):
+        return F.normalize(self.image(x), dim=1)
+
+    def encode_text(self, x):
+        return F.normalize(self.text(x), dim=1)
+
+    def simclr(self, x):
+        return F.normalize(self.image_head(self.image(x)), dim=1)
+
+    def text_simclr(self, x):
+        return F.normalize(self.text_head(self.text(x)), dim=1)
+
+
+# Every loss variant at once: the recipe's terms plus MVS-T, MVS-IT and SS-T.
+OBJECTIVE_LOSS = LossConfig(mvs_t=True, mvs_it=True, ss_t_weight=0.4)
+
+
+def objective_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    dims = {"image": IN_IMG, "image_mvs": IN_IMG, "simclr_a": IN_IMG, "simclr_b": IN_IMG, "text": IN_TXT,
+            "text_mvs": IN_TXT, "text_ss_a": IN_TXT, "text_ss_b": IN_TXT}
+    return {name: torch.randn(WORLD * LOCAL_B, dim, generator=gen, dtype=torch.float64) for name, dim in dims.items()}
+
+
+def objective_gradients(rows: slice, rank: int, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """tbps.objective.step_loss on ``rows`` of the batch, parameter gradients averaged over the processes
+    (as tbps.train does), and the loss averaged likewise."""
+    torch.manual_seed(0)
+    model = ObjectiveEncoder().double()
+    inputs = {name: x[rows] for name, x in objective_batch().items()}
+    emb = {name: getattr(model, ENCODERS[name])(x) for name, x in inputs.items()}
+    with torch.no_grad():
+        nograd = {name: getattr(model, ENCODERS[name])(inputs[name]) + 0.05 for name in NOGRAD_NAMES}
+    loss, _ = step_loss(emb, IDS[rows], clamped_logit_scale(model.theta), loss_cfg, alpha=ALPHA, rank=rank,
+                        nograd=nograd)
+    loss.backward()
+    out = {name: tdist.all_reduce_mean(p.grad) for name, p in model.named_parameters()}
+    out["loss"] = tdist.all_reduce_mean(loss.detach())
+    return out
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -151,6 +211,15 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 for name, tensor in values.items():
                     results[f"{label}/{term}/{name}"] = tensor
             results[f"{label}/loss_mean"] = tdist.all_reduce_mean(results[f"{label}/total/loss"])
+
+        # The objective with every loss variant, with and without GlobalGrad, on real processes.
+        for label, loss_cfg in (
+            ("objective_global", OBJECTIVE_LOSS),
+            ("objective_baseline", dataclasses.replace(OBJECTIVE_LOSS, global_grad=False)),
+            ("objective_emulating_4", dataclasses.replace(OBJECTIVE_LOSS, global_grad=False, emulated_processes=4)),
+        ):
+            for name, tensor in objective_gradients(rows, rank, loss_cfg).items():
+                results[f"{label}/{name}"] = tensor
 
         # Gather semantics on a bare tensor: slot r's gradient is the SUM over processes of what each
         # sent to slot r (GlobalGrad), or only this process's own contribution (baseline).
@@ -225,6 +294,44 @@ def test_no_grad_gather_baseline_gives_different_gradients(ddp_results, single_p
         assert diff > 1e-4 * reference[name].abs().max().item(), name
     # the logit scale only enters the loss directly, so its gradient is the same in both
     torch.testing.assert_close(ddp_results[0]["baseline/total/theta"], reference["theta"])
+
+
+@pytest.mark.timeout(120)
+def test_every_loss_variant_under_global_grad_matches_one_process(ddp_results):
+    single = objective_gradients(slice(None), 0, OBJECTIVE_LOSS)
+    for rank, result in enumerate(ddp_results):
+        for name, reference in single.items():
+            torch.testing.assert_close(result[f"objective_global/{name}"], reference, rtol=1e-9, atol=1e-12,
+                                       msg=lambda m, name=name, rank=rank: f"{name} on rank {rank}: {m}")
+
+
+@pytest.mark.timeout(120)
+def test_emulated_processes_give_the_gradients_of_real_processes_without_global_grad(ddp_results):
+    """loss.emulated_processes on one process == that many gloo processes without GlobalGrad, and != GlobalGrad."""
+    emulated = objective_gradients(
+        slice(None), 0, dataclasses.replace(OBJECTIVE_LOSS, global_grad=False, emulated_processes=WORLD))
+    single = objective_gradients(slice(None), 0, OBJECTIVE_LOSS)
+    for rank, result in enumerate(ddp_results):
+        for name, reference in emulated.items():
+            torch.testing.assert_close(result[f"objective_baseline/{name}"], reference, rtol=1e-9, atol=1e-12,
+                                       msg=lambda m, name=name, rank=rank: f"{name} on rank {rank}: {m}")
+    torch.testing.assert_close(emulated["loss"], single["loss"])
+    for name in ("image.weight", "text.weight", "image_head.0.weight", "text_head.0.weight"):
+        diff = (emulated[name] - single[name]).abs().max().item()
+        assert diff > 1e-4 * single[name].abs().max().item(), name
+
+
+@pytest.mark.timeout(120)
+def test_emulating_more_processes_than_run_is_the_same_on_one_or_two(ddp_results):
+    """emulated_processes=4 on two real processes (2 virtual ranks each) == on one process (4 virtual ranks)."""
+    four = dataclasses.replace(OBJECTIVE_LOSS, global_grad=False, emulated_processes=4)
+    on_one = objective_gradients(slice(None), 0, four)
+    two = objective_gradients(slice(None), 0, dataclasses.replace(four, emulated_processes=2))
+    for rank, result in enumerate(ddp_results):
+        for name, reference in on_one.items():
+            torch.testing.assert_close(result[f"objective_emulating_4/{name}"], reference, rtol=1e-9, atol=1e-12,
+                                       msg=lambda m, name=name, rank=rank: f"{name} on rank {rank}: {m}")
+    assert (on_one["text.weight"] - two["text.weight"]).abs().max() > 1e-6  # 4 virtual ranks are not 2
 
 
 @pytest.mark.timeout(120)

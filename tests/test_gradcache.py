@@ -120,3 +120,69 @@ def test_global_rng_stream_is_not_disturbed_by_replay():
             for c in torch.split(x, 6):
                 model.encode(name, c)
     assert torch.equal(after_chunked, torch.rand(3))
+
+
+class HeadedTwoTower(nn.Module):
+    """The tower methods tbps.objective.ENCODERS names (no dropout: the replay of its masks is tested above,
+    and one batch draws other masks than its chunks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Sequential(nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 8))
+        self.text = nn.Sequential(nn.Linear(10, 16), nn.GELU(), nn.Linear(16, 8))
+        self.image_head = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8))
+        self.text_head = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8))
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def encode_image(self, x):
+        return F.normalize(self.image(x), dim=-1)
+
+    def encode_text(self, x):
+        return F.normalize(self.text(x), dim=-1)
+
+    def simclr(self, x):
+        return F.normalize(self.image_head(self.image(x)), dim=-1)
+
+    def text_simclr(self, x):
+        return F.normalize(self.text_head(self.text(x)), dim=-1)
+
+
+def test_chunked_equals_unchunked_for_every_loss_variant():
+    """SS-T, MVS-T, MVS-IT (with SS-I, MVS-I, R-ITC, C-ITC and soft labels), with GlobalGrad and with
+    emulated processes: gradient caching gives the one-batch gradients."""
+    from tbps.config import LossConfig
+    from tbps.objective import ENCODERS, batch_inputs, nograd_pass, step_loss
+
+    model = HeadedTwoTower()
+
+    def encode(name, x):
+        return getattr(model, ENCODERS[name])(x)
+
+    g = torch.Generator().manual_seed(4)
+    shapes = {"image": 12, "image_mvs": 12, "simclr_a": 12, "simclr_b": 12,
+              "tokens": 10, "tokens_mvs": 10, "tokens_ss_a": 10, "tokens_ss_b": 10}
+    batch = {key: torch.randn(24, dim, generator=g) for key, dim in shapes.items()}
+    ids = torch.tensor([i % 9 for i in range(24)])
+    for loss_cfg in (
+        LossConfig(mvs_t=True, mvs_it=True, ss_t_weight=0.4),
+        LossConfig(mvs_t=True, mvs_it=True, ss_t_weight=0.4, global_grad=False, emulated_processes=4),
+    ):
+        inputs = batch_inputs(batch, loss_cfg)
+        assert set(inputs) == set(ENCODERS)
+        results = []
+        for chunk in (0, 5):
+            model.zero_grad()
+            torch.manual_seed(7)
+            nograd = nograd_pass(encode, inputs, chunk)
+            assert set(nograd) == {"image", "text", "image_mvs", "text_mvs"}
+
+            def loss_fn(emb, nograd=nograd, loss_cfg=loss_cfg):
+                return step_loss(emb, ids, model.logit_scale.exp(), loss_cfg, alpha=0.3, rank=0, nograd=nograd)
+
+            loss, terms = grad_cached_backward(encode, inputs, loss_fn, chunk_size=chunk)
+            assert {"n_itc_mvs_t", "n_itc_mvs_it", "ss_t"} <= set(terms)
+            results.append((loss, grads(model)))
+        (loss_full, full), (loss_chunked, chunked) = results
+        torch.testing.assert_close(loss_chunked, loss_full, atol=1e-6, rtol=1e-5)
+        for name, grad in chunked.items():
+            torch.testing.assert_close(grad, full[name], atol=1e-6, rtol=1e-5, msg=name)

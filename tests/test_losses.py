@@ -22,11 +22,12 @@ from tbps.losses import (
     diagonal_targets,
     identity_targets,
     n_itc,
+    nt_xent,
     r_itc,
     soft_label_alpha,
     soft_targets,
-    ss_i_nt_xent,
 )
+from tbps.objective import embedding_names
 
 P, B, DIM = 2, 8, 8
 LOCAL_B = B // P
@@ -305,7 +306,7 @@ def test_nt_xent_matches_loops(rank):
     raw_a, raw_b = _leaves(2, (B, DIM), (B, DIM))
     za, zb = F.normalize(raw_a, dim=1), F.normalize(raw_b, dim=1)
     rows = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
-    fast = ss_i_nt_xent(za[rows], zb[rows], za, zb, rank, temperature=0.1)
+    fast = nt_xent(za[rows], zb[rows], za, zb, rank, temperature=0.1)
     slow = slow_nt_xent(za[rows], zb[rows], za, zb, rank, 0.1)
     _assert_close_with_grads(fast, slow, [raw_a, raw_b])
 
@@ -313,7 +314,7 @@ def test_nt_xent_matches_loops(rank):
 def test_nt_xent_rejects_rank_outside_batch():
     za = F.normalize(torch.randn(B, DIM), dim=1)
     with pytest.raises(ValueError, match="does not fit"):
-        ss_i_nt_xent(za[:LOCAL_B], za[:LOCAL_B], za, za, rank=P, temperature=0.1)
+        nt_xent(za[:LOCAL_B], za[:LOCAL_B], za, za, rank=P, temperature=0.1)
 
 
 # ---------------------------------------------------------------- logit scale
@@ -353,13 +354,13 @@ def test_clamped_logit_scale_above_clamp_keeps_gradient(feats):
 
 def test_combine_losses_full_and_simplified():
     n1, n2, r, ss, c = (torch.tensor(x) for x in (2.0, 4.0, 0.5, 3.0, 0.2))
-    full = {"mvs_mode": "average", "r_weight": 1.0, "ss_weight": 0.4, "c_weight": 0.1}
+    full = {"mvs_mode": "average", "r_weight": 1.0, "ss_i_weight": 0.4, "ss_t_weight": 0.0, "c_weight": 0.1}
     total, logged = combine_losses(n1, n_itc_mvs=n2, r_itc=r, ss_i=ss, c_itc=c, **full)
     assert total.item() == pytest.approx(0.5 * (2 + 4) + 0.5 + 0.4 * 3 + 0.1 * 0.2)
     assert set(logged) == {"n_itc", "n_itc_mvs", "r_itc", "ss_i", "c_itc", "total"}
     total_add, _ = combine_losses(n1, n_itc_mvs=n2, **{**full, "mvs_mode": "add"})
     assert total_add.item() == pytest.approx(6.0)
-    simplified, logged = combine_losses(n1, r_itc=r, ss_i=ss, **{**full, "ss_weight": 0.0})
+    simplified, logged = combine_losses(n1, r_itc=r, ss_i=ss, **{**full, "ss_i_weight": 0.0})
     assert simplified.item() == pytest.approx(2.5)
     assert set(logged) == {"n_itc", "r_itc", "total"}
     with pytest.raises(ValueError, match="mvs_mode"):
@@ -378,9 +379,202 @@ def test_losses_return_fp32_under_autocast():
             "n_itc": n_itc(v[ROWS], t[ROWS], v, t, s, targets_i2t=hard, targets_t2i=hard),
             "r_itc": r_itc(v[ROWS], t[ROWS], v, t, s, targets=hard, eps=1e-2),
             "c_itc": c_itc(v, t, term_weight=0.25),
-            "ss_i": ss_i_nt_xent(v[ROWS], t[ROWS], v, t, RANK, temperature=0.1),
+            "ss_i": nt_xent(v[ROWS], t[ROWS], v, t, RANK, temperature=0.1),
             "clip": clip_loss(v[ROWS], t[ROWS], v, t, s, RANK),
         }
     for name, value in values.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), name
     torch.testing.assert_close(values["c_itc"], c_itc(v, t, term_weight=0.25), rtol=1e-5, atol=0.0)
+
+
+# ---------------------------------------------------------------- loss variants through the objective
+
+NAMES = ("image", "text", "image_mvs", "text_mvs", "simclr_a", "simclr_b", "text_ss_a", "text_ss_b")
+ALPHA = 0.4
+
+
+@pytest.fixture()
+def step_inputs():
+    """Raw leaves, L2-normalised embeddings of every view (all B rows), the no-grad pass, θ."""
+    raws = _leaves(5, *[(B, DIM)] * len(NAMES))
+    emb = {name: F.normalize(raw, dim=1) for name, raw in zip(NAMES, raws, strict=True)}
+    noise = _leaves(6, *[(B, DIM)] * 4)
+    nograd = {name: F.normalize(emb[name].detach() + 0.1 * n.detach(), dim=1)
+              for name, n in zip(("image", "text", "image_mvs", "text_mvs"), noise, strict=True)}
+    theta = torch.tensor(math.log(7.0), dtype=DT, requires_grad=True)
+    return raws, emb, nograd, theta
+
+
+def _variant(**loss):
+    """LossConfig of CLIP*+Aug+N-ITC (identity targets, soft labels, no other term) plus ``loss``."""
+    from tbps.config import LossConfig
+
+    base = dict(identity_targets=True, soft_label_alpha=0.5, mvs_i=False, r_itc_weight=0.0, c_itc_weight=0.0,
+                ss_i_weight=0.0, global_grad=True)
+    return LossConfig(**{**base, **loss})
+
+
+def slow_step_total(cfg, emb, nograd, s, rows, rank, columns):
+    """The loss of the process holding ``rows``, term by term from the loops above.
+
+    ``columns(name)`` is the gathered batch as that process sees it (for the non-GlobalGrad
+    emulation: other processes' rows as constants)."""
+    ids_local = IDS[rows]
+    hard = slow_targets(ids_local, IDS)
+
+    def mix(queries, keys):
+        out = []
+        for i in range(queries.shape[0]):
+            p = slow_probs(queries, keys, s.detach(), i)
+            out.append([ALPHA * p[j].item() + (1 - ALPHA) * hard[i][j] for j in range(B)])
+        return out
+
+    def n_itc_on(img, txt):
+        return slow_n_itc(emb[img][rows], emb[txt][rows], columns(img), columns(txt), s,
+                          mix(nograd[img][rows], nograd[txt]), mix(nograd[txt][rows], nograd[img]))
+
+    views = [("image", "text")]
+    views += [("image_mvs", "text")] if cfg.mvs_i else []
+    views += [("image", "text_mvs")] if cfg.mvs_t else []
+    views += [("image_mvs", "text_mvs")] if cfg.mvs_it else []
+    n_terms = [n_itc_on(*v) for v in views]
+    total = sum(n_terms[1:], n_terms[0])
+    if cfg.mvs_mode == "average":
+        total = total / len(n_terms)
+    if cfg.r_itc_weight:
+        total = total + cfg.r_itc_weight * slow_r_itc(emb["image"][rows], emb["text"][rows], columns("image"),
+                                                      columns("text"), s, hard, cfg.r_itc_eps)
+    if cfg.c_itc_weight:
+        c_inter, c_cross = slow_c_itc(columns("image"), columns("text"))
+        total = total + cfg.c_itc_weight * cfg.c_itc_term_weight * (c_inter + c_cross)
+    for weight, tau, a, b in ((cfg.ss_i_weight, cfg.ss_i_temperature, "simclr_a", "simclr_b"),
+                              (cfg.ss_t_weight, cfg.ss_t_temperature, "text_ss_a", "text_ss_b")):
+        if weight:
+            total = total + weight * slow_nt_xent(emb[a][rows], emb[b][rows], columns(a), columns(b), rank, tau)
+    return total
+
+
+def _assert_close_with_used_grads(fast, slow, inputs):
+    """Values and gradients agree; an input a variant does not use gets no gradient from either."""
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    g_fast = torch.autograd.grad(fast, inputs, retain_graph=True, allow_unused=True)
+    g_slow = torch.autograd.grad(slow, inputs, retain_graph=True, allow_unused=True)
+    for a, b in zip(g_fast, g_slow, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    return g_fast
+
+
+def _step(cfg, emb, nograd, theta):
+    from tbps.objective import step_loss
+
+    return step_loss(emb, IDS, theta.exp(), cfg, alpha=ALPHA, rank=0, nograd=nograd)
+
+
+VARIANTS = {
+    "N-ITC": {},
+    "SS-I": {"ss_i_weight": 0.4},
+    "SS-T": {"ss_t_weight": 0.4},
+    "SS-IT": {"ss_i_weight": 0.4, "ss_t_weight": 0.4},
+    "MVS-I": {"mvs_i": True},
+    "MVS-T": {"mvs_t": True},
+    "MVS-IT": {"mvs_it": True},
+    "MVS-I+T+IT add": {"mvs_i": True, "mvs_t": True, "mvs_it": True, "mvs_mode": "add"},
+    "all": {"mvs_i": True, "mvs_t": True, "mvs_it": True, "ss_i_weight": 0.4, "ss_t_weight": 0.4,
+            "r_itc_weight": 1.0, "c_itc_weight": 0.1},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_loss_variant_matches_loops(step_inputs, variant):
+    raws, emb, nograd, theta = step_inputs
+    cfg = _variant(**VARIANTS[variant])
+    fast, logged = _step(cfg, emb, nograd, theta)
+    slow = slow_step_total(cfg, emb, nograd, theta.exp(), slice(None), 0, lambda name: emb[name])
+    grads = _assert_close_with_used_grads(fast, slow, [*raws, theta])
+    used = {name for name, g in zip(NAMES, grads, strict=False) if g is not None}
+    assert used == set(embedding_names(cfg))
+    on = {"n_itc_mvs": cfg.mvs_i, "n_itc_mvs_t": cfg.mvs_t, "n_itc_mvs_it": cfg.mvs_it, "ss_i": cfg.uses_ss_i,
+          "ss_t": cfg.uses_ss_t, "r_itc": cfg.r_itc_weight > 0, "c_itc": cfg.c_itc_weight > 0}
+    assert set(logged) == {"n_itc", "total"} | {term for term, used_ in on.items() if used_}
+
+
+def test_mvs_t_uses_the_second_caption_view_with_its_own_soft_targets(step_inputs):
+    _, emb, nograd, theta = step_inputs
+    cfg = _variant(mvs_t=True)
+    total, logged = _step(cfg, emb, nograd, theta)
+    s = theta.exp()
+    hard = _hard(IDS, IDS)
+    v, tm, v_ng, tm_ng = emb["image"], emb["text_mvs"], nograd["image"], nograd["text_mvs"]
+    mvs_t = n_itc(v, tm, v, tm, s, targets_i2t=soft_targets(hard, s.detach() * v_ng @ tm_ng.t(), ALPHA),
+                  targets_t2i=soft_targets(hard, s.detach() * tm_ng @ v_ng.t(), ALPHA))
+    torch.testing.assert_close(logged["n_itc_mvs_t"], mvs_t.detach())
+    torch.testing.assert_close(total, 0.5 * (logged["n_itc"] + mvs_t))
+    # Without soft labels the targets are the hard ones.
+    _, hard_logged = _step(_variant(mvs_t=True, soft_label_alpha=0.0), emb, None, theta)
+    torch.testing.assert_close(hard_logged["n_itc_mvs_t"],
+                               n_itc(v, tm, v, tm, s, targets_i2t=hard, targets_t2i=hard).detach())
+
+
+@pytest.mark.parametrize("variant", ["N-ITC", "all"])
+def test_emulated_processes_match_the_per_process_loops_without_global_grad(step_inputs, variant):
+    raws, emb, nograd, theta = step_inputs
+    cfg = _variant(**VARIANTS[variant], global_grad=False, emulated_processes=P)
+    fast, _ = _step(cfg, emb, nograd, theta)
+
+    def per_process(rank):
+        rows = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+
+        def columns(name):  # what gather_no_grad returns on process `rank`: other rows are constants
+            return torch.stack([emb[name][j] if rows.start <= j < rows.stop else emb[name][j].detach()
+                                for j in range(B)])
+
+        return slow_step_total(cfg, emb, nograd, theta.exp(), rows, rank, columns)
+
+    slow = sum(per_process(rank) for rank in range(P)) / P
+    _assert_close_with_used_grads(fast, slow, [*raws, theta])
+    # Same value as one device at B (or GlobalGrad), other gradients.
+    one_device, _ = _step(_variant(**VARIANTS[variant]), emb, nograd, theta)
+    torch.testing.assert_close(fast, one_device)
+    g_emulated = _grads(fast, raws[:2])
+    g_global = _grads(one_device, raws[:2])
+    assert all((a - b).abs().max() > 1e-6 for a, b in zip(g_emulated, g_global, strict=True))
+
+
+def test_one_emulated_process_is_the_plain_loss(step_inputs):
+    _, emb, nograd, theta = step_inputs
+    plain, _ = _step(_variant(global_grad=False), emb, nograd, theta)
+    one, _ = _step(_variant(global_grad=False, emulated_processes=1), emb, nograd, theta)
+    assert torch.equal(plain, one)
+
+
+def test_emulation_refuses_global_grad_and_uneven_batches(step_inputs):
+    from tbps.errors import UserInputError
+    from tbps.objective import check_process_emulation
+
+    _, emb, nograd, theta = step_inputs
+    with pytest.raises(ValueError, match="global_grad false"):
+        _step(_variant(emulated_processes=2), emb, nograd, theta)
+    with pytest.raises(UserInputError, match="loss.global_grad: false"):
+        check_process_emulation(_variant(emulated_processes=4), world_size=1, global_batch=320)
+    with pytest.raises(UserInputError, match="not divisible"):
+        check_process_emulation(_variant(global_grad=False, emulated_processes=3), world_size=1, global_batch=320)
+    with pytest.raises(UserInputError, match="not a multiple of the 3 real processes"):
+        check_process_emulation(_variant(global_grad=False, emulated_processes=4), world_size=3, global_batch=320)
+    for world in (1, 2, 4):
+        check_process_emulation(_variant(global_grad=False, emulated_processes=4), world_size=world, global_batch=320)
+
+
+def test_combine_losses_averages_every_view_present():
+    n1, n2, n3, n4, ss_t = (torch.tensor(x) for x in (2.0, 4.0, 6.0, 12.0, 3.0))
+    weights = {"r_weight": 1.0, "ss_i_weight": 0.4, "ss_t_weight": 0.4, "c_weight": 0.1}
+    total, logged = combine_losses(n1, n_itc_mvs_t=n3, ss_t=ss_t, mvs_mode="average", **weights)
+    assert total.item() == pytest.approx(0.5 * (2 + 6) + 0.4 * 3)
+    assert set(logged) == {"n_itc", "n_itc_mvs_t", "ss_t", "total"}
+    total, _ = combine_losses(n1, n_itc_mvs=n2, n_itc_mvs_t=n3, n_itc_mvs_it=n4, mvs_mode="average", **weights)
+    assert total.item() == pytest.approx((2 + 4 + 6 + 12) / 4)
+    total, _ = combine_losses(n1, n_itc_mvs=n2, n_itc_mvs_it=n4, mvs_mode="add", **weights)
+    assert total.item() == pytest.approx(2 + 4 + 12)
+    total, logged = combine_losses(n1, ss_t=ss_t, mvs_mode="average", **{**weights, "ss_t_weight": 0.0})
+    assert total.item() == 2.0 and "ss_t" not in logged

@@ -109,20 +109,25 @@ def test_loss_terms_known_first_and_moving_average():
 def test_chance_levels_match_exhaustive_enumeration():
     gallery, n = 6, 2
     hits = {1: [], 5: []}
-    aps = []
+    aps, inps = [], []
     for positions in itertools.combinations(range(1, gallery + 1), n):  # every ranking, equally likely
         for k in hits:
             hits[k].append(min(positions) <= k)
         aps.append(np.mean([(j + 1) / r for j, r in enumerate(positions)]))
+        inps.append(n / max(positions))
     got = chance_levels(np.array([n]), gallery, ks=(1, 5))
     assert got["R1"] == pytest.approx(100 * np.mean(hits[1]))
     assert got["R5"] == pytest.approx(100 * np.mean(hits[5]))
     assert got["mAP"] == pytest.approx(100 * np.mean(aps))
+    assert got["mINP"] == pytest.approx(100 * np.mean(inps))
+    # A real gallery (ICFG-PEDES: 19,848 test images) stays finite: the binomials are taken in log space.
+    assert 0 < chance_levels(np.array([2, 7]), 19_848)["mINP"] < 0.1
     # One positive among G: R@1 = 1/G, mAP = H_G / G; K beyond the gallery always hits.
     single = chance_levels(np.array([1, 1]), 4, ks=(1, 10))
     assert single["R1"] == pytest.approx(25.0)
     assert single["R10"] == pytest.approx(100.0)
     assert single["mAP"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    assert single["mINP"] == pytest.approx(single["mAP"])  # one positive: INP = AP = 1 / its rank
     with pytest.raises(ValueError):
         chance_levels(np.array([0]), 4)
 
@@ -147,7 +152,7 @@ def test_metrics_figure_with_paper_marks_and_chance(tmp_path):
     plot_metrics(real, tmp_path / "real.png", dataset="cuhk-pedes")
     synth = metrics_rows("synthetic", {"tiny_tbps_clip": 30.0})
     plot_metrics(synth, tmp_path / "synth.png", dataset="synthetic", chance={"R1": 2.0, "R5": 9.0, "R10": 17.0,
-                                                                             "mAP": 4.0})
+                                                                             "mAP": 4.0, "mINP": 1.5})
     assert_png(tmp_path / "real.png")
     assert_png(tmp_path / "synth.png")
     with pytest.raises(UserInputError, match="no text->image test rows"):
@@ -158,7 +163,7 @@ def write_eval(tmp_path: Path, experiment: str, r1: float) -> Path:
     """A metrics file as `tbps evaluate` writes it (t2i row only)."""
     row = {"dataset": "synthetic", "experiment": experiment, "split": "test", "direction": "t2i", "epoch": 1,
            "selection": "last", "R1": r1, "R5": 50.0, "R10": 60.0, "mAP": 30.0, "mINP": 10.0, "num_queries": 8,
-           "num_gallery": 4, "seed": 0, "config_sha256": "c", "data_sha256": "d",
+           "num_gallery": 4, "seed": 0, "config_sha256": "c", "data_sha256": "d", "synonym_source": "none",
            **{name: 1 if kind is int else "x" for name, kind in FIELDS.items()},
            "checkpoint": "final.pt", "created_at": "2024-01-01T00:00:00+00:00"}
     path = tmp_path / f"{experiment}.parquet"
@@ -171,11 +176,15 @@ def test_cli_metrics_figure_from_evaluation_files(tmp_path):
     annotations = tmp_path / "annotations.parquet"
     pl.DataFrame({"split": ["test"] * 4, "person_id": [1, 1, 2, 3],
                   "image_path": ["a", "b", "c", "d"]}).write_parquet(annotations)
-    out = tmp_path / "metrics.png"
+    out, headline = tmp_path / "metrics.png", tmp_path / "headline.rst"
     argv = ["plots", "metrics", "--inputs", *map(str, inputs), "--dataset", "synthetic",
-            "--annotations", str(annotations), "--out", str(out)]
+            "--annotations", str(annotations), "--out", str(out), "--headline", str(headline)]
     assert main(argv) == 0
     assert_png(out)
+    # The headline holds the figure's numbers: each run's row, then chance.
+    text = headline.read_text()
+    assert "**tiny\\_a**" in text and "**tiny\\_b**" in text and "chance \\(random ranking\\)" in text
+    assert "     - 40.00" in text and "     - 45.00" in text
 
 
 # --------------------------------------------------------------------------- retrieval examples
@@ -208,10 +217,23 @@ def test_examples_page_is_a_deterministic_png(tmp_path):
     assert_png(tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     with Image.open(tmp_path / "a.png") as im:
-        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+        # Full colour at twice the former 90 dpi (706 px wide): no palette, no alpha channel.
+        assert im.mode == "RGB" and im.size[0] >= 2 * 706
+        pixels = np.asarray(im).reshape(-1, 3)
     # Both frame colours are drawn: some results are correct (green), others not (red).
     assert np.any(np.all(np.abs(pixels.astype(int) - (0x1A, 0x98, 0x50)) < 12, axis=1))
     assert np.any(np.all(np.abs(pixels.astype(int) - (0xD7, 0x30, 0x27)) < 12, axis=1))
+
+
+def test_examples_page_keeps_the_photos_colours(tmp_path):
+    examples, raw = write_examples(tmp_path)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (40, 16, 3), dtype=np.uint8)  # 640 colours, one per pixel
+    Image.fromarray(photo).save(raw / "imgs" / "p1.png")
+    plot_examples(examples, raw, tmp_path / "page.png")
+    with Image.open(tmp_path / "page.png") as im:
+        colours = np.unique(np.asarray(im).reshape(-1, 3), axis=0)
+    assert len(colours) > 600  # a 256-colour palette could not hold them
 
 
 def test_examples_with_a_missing_image_name_the_image_and_the_fix(tmp_path):

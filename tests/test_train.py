@@ -13,6 +13,7 @@ import torch
 
 from tbps import checkpoint
 from tbps.config import load_experiment
+from tbps.errors import UserInputError
 from tbps.fileio import sha256_file
 from tbps.model import load_trained_model
 from tbps.train import VAL_CURVE_SCHEMA, train
@@ -88,6 +89,26 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards
     assert checkpoint.load(train(cut, shards, tmp_path / "again_src", resume=True))["global_step"] == steps_per_epoch + 1
     log = pl.read_parquet(tmp_path / "cut" / "train_log.parquet")
     assert log["global_step"].to_list() == list(range(1, 2 * steps_per_epoch + 1))
+
+
+def test_device_augmentation_trains_and_resumes_exactly(synthetic_shards, tmp_path):
+    """data.image_aug.on_device (here on the CPU): the full preset's four views made from the uint8 batch
+    after it reaches the device; a run cut mid-epoch and resumed with other workers ends bit for bit
+    like the uninterrupted run."""
+    shards = synthetic_shards["train"]
+    sections = dict(data={"few_shot_fraction": 0.25, "image_aug": {"on_device": True}})
+    full = train(experiment("tiny_tbps_clip", **sections), shards, tmp_path / "full")
+    saved = checkpoint.load(full)
+    assert saved["config"]["data"]["image_aug"]["on_device"] is True
+    steps_per_epoch = saved["global_step"] // 2
+    log = pl.read_parquet(tmp_path / "full" / "train_log.parquet")
+    assert log["loss_ss_i"].is_finite().all() and log["loss_n_itc_mvs"].is_finite().all()
+
+    train(experiment("tiny_tbps_clip", train={"max_steps": steps_per_epoch + 1}, **sections), shards, tmp_path / "cut")
+    resumed_cfg = experiment("tiny_tbps_clip", data={"few_shot_fraction": 0.25, "num_workers": 2,
+                                                     "image_aug": {"on_device": True}})
+    resumed = train(resumed_cfg, shards, tmp_path / "cut", resume=True)
+    assert_same_weights(weights(resumed), weights(full))
 
 
 def test_changed_configuration_starts_over_instead_of_resuming(synthetic_shards, tmp_path):
@@ -195,3 +216,63 @@ def test_torchrun_two_processes_match_one_process(synthetic_shards, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
     assert_same_weights(weights(tmp_path / "ddp" / "final.pt"), weights(single), atol=2e-5)
+
+
+# The paper's ablation variants that the recipe leaves off: every text op and loss variant at once.
+ABLATION_VARIANTS = dict(
+    loss={"mvs_t": True, "mvs_it": True, "ss_t_weight": 0.4},
+    data={"few_shot_fraction": 0.2, "synonym_replacement_alpha": 0.1, "random_insertion_alpha": 0.1,
+          "random_swap_alpha": 0.05, "eda_alpha": 0.1},
+    train={"max_steps": 2},
+)
+
+
+def test_ablation_variants_train_chunk_like_one_batch_and_leave_evaluation_alone(synthetic_shards, tmp_path,
+                                                                                 monkeypatch):
+    """MVS-T, MVS-IT, SS-T (with the recipe's SS-I: SS-IT) and SR/RI/RS/EDA train; gradient caching gives
+    the one-batch weights; the synonym source reaches config, checkpoint and metrics; evaluation uses
+    neither the word ops nor the text head."""
+    from tbps.data import synonym_sources
+    from tbps.data.word_ops import WordAugmenter
+    from tbps.evaluate import evaluate
+
+    monkeypatch.setattr(synonym_sources, "wordnet_available", lambda: False)
+    shards = synthetic_shards["train"]
+    plain = train(experiment("tiny_tbps_clip", **_layernorm_model(**ABLATION_VARIANTS)), shards, tmp_path / "plain")
+    chunked_variants = {**ABLATION_VARIANTS, "train": {"max_steps": 2, "grad_cache_chunk": 7}}
+    chunked = train(experiment("tiny_tbps_clip", **_layernorm_model(**chunked_variants)), shards, tmp_path / "chunked")
+    assert_same_weights(weights(chunked), weights(plain), atol=2e-5)
+
+    log = pl.read_parquet(tmp_path / "plain" / "train_log.parquet")
+    for term in ("n_itc", "n_itc_mvs", "n_itc_mvs_t", "n_itc_mvs_it", "ss_i", "ss_t", "r_itc", "c_itc", "total"):
+        assert log[f"loss_{term}"].is_finite().all(), term
+    saved = checkpoint.load(plain)
+    assert saved["synonym_source"] == "table" and saved["config"]["data"]["synonym_source"] == "table"
+    assert any(k.startswith("text_simclr_head.") for k in saved["model"])
+    assert "synonym_source: table" in (tmp_path / "plain" / "config.yaml").read_text()
+
+    def refuse(self, text, rng):
+        raise AssertionError("a word-level op ran at evaluation")
+
+    monkeypatch.setattr(WordAugmenter, "__call__", refuse)
+    rows = evaluate(plain, synthetic_shards["test"], tmp_path / "metrics.parquet", dataset="synthetic",
+                    experiment="ablation")
+    assert set(rows["synonym_source"]) == {"table"}
+    trained = load_trained_model(plain, torch.device("cpu"))
+    assert trained.model.text_simclr_head is None and trained.model.simclr_head is None
+
+
+def test_emulated_processes_train_without_global_grad(synthetic_shards, tmp_path):
+    """One process emulating 4 without GlobalGrad trains (and differs from the one-device gradient);
+    emulation with GlobalGrad on is refused before anything runs."""
+    shards = synthetic_shards["train"]
+    sections = dict(data={"few_shot_fraction": 0.2}, train={"max_steps": 2})
+    emulated = train(experiment("tiny_clip_baseline", loss={"emulated_processes": 4}, **sections), shards,
+                     tmp_path / "emulated")
+    one_device = train(experiment("tiny_clip_baseline", **sections), shards, tmp_path / "one_device")
+    a, b = weights(emulated), weights(one_device)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert checkpoint.load(emulated)["config"]["loss"]["emulated_processes"] == 4
+    with pytest.raises(UserInputError, match="loss.global_grad"):
+        train(experiment("tiny_tbps_clip", loss={"emulated_processes": 4}, **sections), shards, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

@@ -2,6 +2,7 @@
 a real data-stage run, use as a Snakemake module."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -178,24 +179,108 @@ def test_missing_experiment_file_stops_with_instructions(workdir):
     assert "experiments_dir" in err and "Traceback" not in err
 
 
+def test_workflow_catalog_file_parses_and_names_existing_files():
+    """.snakemake-workflow-catalog.yml in the format the catalog reads (usage: mandatory-flags,
+    software-stack-deployment, report), naming only files that exist; the catalog's other
+    requirements of a "standardized usage" workflow: config/README.md, a LICENSE."""
+    import tomllib
+
+    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())
+    assert set(catalog) == {"usage"}
+    usage = catalog["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    flags = usage["mandatory-flags"]
+    assert isinstance(flags["desc"], str) and isinstance(flags["flags"], (list, str))
+    stack = usage["software-stack-deployment"]
+    assert set(stack) == {"conda", "apptainer", "apptainer+conda"}
+    assert all(isinstance(v, bool) for v in stack.values()) and usage["report"] is True
+    named = re.findall(r"`([\w./-]+/[\w./-]+)`", flags["desc"])
+    assert "config/README.md" in named
+    for path in named:
+        if "<" not in path:
+            assert (REPO / path).exists(), path
+    # conda: true holds only if every rule that runs a command has a conda env.
+    rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    shells = re.findall(r"^ +shell:$", rules, flags=re.M)
+    assert len(shells) == len(re.findall(r'^ +conda:\n +"../../envs/tbps.yaml"$', rules, flags=re.M))
+    assert (REPO / "config" / "README.md").read_text().startswith("# Configuration")
+    license_text = (REPO / "LICENSE").read_text()
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"]
+    assert declared == "MIT" and license_text.startswith("MIT License")
+    assert "Copyright (c) the tbps authors" in license_text
+
+
+# Every stage name a user may type after --until (README, "Rerunning one stage"): the rules
+# that must be planned, and rules of later stages that must not.
+UNTIL = {
+    "synth": ({"synth"}, {"prepare"}),
+    "prepare": ({"synth", "prepare"}, {"augment", "shard_plan"}),
+    "augment": ({"prepare", "augment"}, {"shard_plan", "train"}),
+    "shards": ({"augment", "shard_plan", "shards_present", "shard_manifest", "shards"}, {"train"}),
+    "train": ({"shard_manifest", "train"}, {"evaluate"}),
+    "evaluate": ({"train", "evaluate"}, {"plot_training", "plot_metrics", "plots", "collect"}),
+    "plots": ({"evaluate", "plot_training", "plot_examples", "plot_metrics", "plot_train_log", "plots"},
+              {"collect"}),
+    "collect": ({"shards", "plots", "collect"}, set()),
+}
+
+
+@pytest.mark.parametrize("stage", list(UNTIL))
+def test_until_stops_after_each_stage(workdir, stage):
+    # The targets go before --until, which takes every word after it.
+    result = snakemake(workdir, "-n", f"--configfile={workdir / 'config.yaml'}", "results/synthetic/metrics.parquet",
+                       "--until", stage)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    planned = set(planned_jobs(result.stdout + result.stderr))
+    included, excluded = UNTIL[stage]
+    assert included <= planned, (stage, planned)
+    assert not planned & excluded, (stage, planned)
+
+
+def test_readme_lists_exactly_the_tested_until_stages():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Rerunning one stage\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert listed == list(UNTIL)
+
+
 def test_workflow_runs_as_a_snakemake_module(tmp_path):
-    """A project that uses the checkout as a module, its presets beside it (README)."""
-    (tmp_path / "tbps").mkdir()
+    """A project that uses the checkout as a module with its own config, the presets beside the
+    module (README, "As a Snakemake module"): a dry run of the whole pipeline and of one stage."""
+    # Not a folder named `tbps` beside the project's Snakefile: Snakemake puts that folder on
+    # sys.path, where it would shadow the installed package (README says so).
+    module_dir = tmp_path / "workflows" / "tbps"
+    module_dir.mkdir(parents=True)
     for name in CHECKOUT_FILES:
         source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp_path / "tbps" / name)
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["experiments_dir"] = "tbps/config/experiments"
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, module_dir / name)
+    # Only what differs from the module's defaults (the schema fills in the rest).
+    cfg = {
+        "experiments_dir": "workflows/tbps/config/experiments",
+        "datasets": {"synthetic": {"raw": "data/synthetic", "synth_ids": 30, "experiments": ["tiny_tbps_clip"]}},
+    }
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "Snakefile").write_text(
         'configfile: "config/config.yaml"\n\n\n'
-        'module tbps:\n    snakefile:\n        "tbps/Snakefile"\n    config:\n        config\n\n\n'
+        'module tbps:\n    snakefile:\n        "workflows/tbps/Snakefile"\n    config:\n        config\n\n\n'
         "use rule * from tbps\n"
     )
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "results/synthetic/metrics.parquet"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    plan = planned_jobs(result.stdout + result.stderr)
-    assert {"synth", "prepare", "shard_plan", "train", "collect"} <= set(plan)
-    assert "input: tbps/config/experiments/tiny_tbps_clip_simplified.yaml" in result.stdout
+
+    def dry_run(*args):
+        result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "results/synthetic/metrics.parquet",
+                                 *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        return result.stdout + result.stderr
+
+    out = dry_run()
+    plan = planned_jobs(out)
+    assert {"synth", "prepare", "shard_plan", "train", "evaluate", "plots", "collect"} <= set(plan)
+    # The project's config reaches the jobs: its raw folder, synth ids and experiment.
+    assert "tbps synth --format cuhk-pedes --out data/synthetic --ids 30" in out
+    assert "input: workflows/tbps/config/experiments/tiny_tbps_clip.yaml" in out
+    assert plan["train"] == {f"results/synthetic/tiny_tbps_clip/train/{name}"
+                             for name in ("final.pt", "train_log.parquet", "val_curve.parquet")}
+    # A stage name works with --until through the module too.
+    assert set(planned_jobs(dry_run("--until", "shards"))) == {
+        "synth", "prepare", "augment", "shard_plan", "shards_present", "shard_manifest", "shards"}

@@ -131,10 +131,13 @@ def test_deleted_train_shard_is_rebuilt_with_what_reads_the_split(finished_run, 
         "shard_manifest": {"results/synthetic/shards/train/manifest.json"},
         "train": {f"{run_dir}/train/{name}" for name in ("final.pt", "train_log.parquet", "val_curve.parquet")},
         "evaluate": {f"{run_dir}/eval/test.parquet", f"{run_dir}/eval/test_examples.parquet"},
+        "shards": {"results/synthetic/shards/complete.stamp"},
         "plot_training": {f"{run_dir}/plots/training.png"},
         "plot_examples": {f"{run_dir}/plots/examples.png"},
-        "plot_metrics": {"results/synthetic/plots/metrics.png"},
-        "collect": {METRICS},
+        "plot_train_log": {f"{run_dir}/train/train_log.html"},
+        "plot_metrics": {"results/synthetic/plots/metrics.png", "results/synthetic/plots/headline.rst"},
+        "plots": {"results/synthetic/plots/complete.stamp"},
+        "collect": {METRICS, "results/synthetic/metrics.html"},
     }
     assert ran == expected
     after = tree_digest(run)

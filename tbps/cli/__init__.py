@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    from tbps.progress import show_progress
+
+    # Progress bars are INFO-level output: --log-level WARNING or ERROR hides them too.
+    show_progress(logging.getLevelName(args.log_level) <= logging.INFO)
     try:
         result = args.func(args)
     except UserInputError as e:

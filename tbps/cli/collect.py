@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TABLE_NOTE = (
+    "One row per (dataset, train_dataset, experiment, split, direction, selection, epoch); metrics in percent. "
+    "split test, selection last: the reported numbers (the last epoch's checkpoint); split val, selection epoch: "
+    "the per-epoch validation curve; direction t2i is text->image (the reported direction), i2t image->text. "
+    "The provenance columns say which seed, config, data, code and environment produced each row."
+)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,11 +30,19 @@ def register(subparsers) -> None:
                         help="val_curve.parquet files written by `tbps train`, at "
                         "results/{dataset}/{experiment}/train/ (dataset and experiment are read from the path)")
     parser.add_argument("--out", required=True, type=Path, help="metrics Parquet file to write")
+    parser.add_argument("--html", type=Path, default=None, metavar="PATH",
+                        help="also write the table as a self-contained HTML page (for the browser and the report)")
     parser.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from tbps.collect import collect
 
-    collect(args.inputs, args.out, val_curves=args.val_curves)
+    df = collect(args.inputs, args.out, val_curves=args.val_curves)
+    if args.html is not None:
+        from tbps.html_table import write_table_html
+        from tbps.plots import METRICS
+
+        write_table_html(df, args.html, title=f"metrics table: {args.out}", note=TABLE_NOTE,
+                         float_formats=dict.fromkeys(METRICS, ".2f"))
     return 0

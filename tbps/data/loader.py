@@ -10,6 +10,12 @@ random access, so:
 - resuming at step k skips k batches without decoding anything;
 - every augmentation draw comes from a generator seeded by (seed, epoch, pair),
   so results don't depend on the number of workers or processes.
+
+The caption is augmented per pair and step (docs/method.md#text-augmentation): back-translation,
+cleaning, the optional word-level ops of the paper's ablation (:mod:`tbps.data.word_ops`), then
+Bernoulli deletion. Losses that need more caption views (MVS-T/MVS-IT: ``tokens_mvs``; SS-T:
+``tokens_ss_a``, ``tokens_ss_b``) get independent draws of the same augmentation, each from its own
+generator seeded by (pair seed, view), so the main caption is the same with or without them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from tbps.data.captions import clean_caption, random_word_deletion
+from tbps.data.word_ops import WordAugmenter
 from tbps.errors import UserInputError
 from tbps.shards.index import IndexedSample, ShardIndex
 from tbps.shards.reader import shard_image
@@ -40,6 +47,10 @@ def pair_table(index: ShardIndex, few_shot_fraction: float = 1.0, seed: int = 0)
         samples = np.sort(rng.choice(samples, size=keep, replace=False))
     pairs = [(s, c) for s in samples for c in range(len(index.samples[s].meta["captions"]))]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+# Extra caption views a loss can ask for, with the stream number that seeds each one's generator.
+TEXT_VIEW_STREAMS = {"tokens_mvs": 1, "tokens_ss_a": 2, "tokens_ss_b": 3}
 
 
 def sample_seed(seed: int, epoch: int, pair: int) -> int:
@@ -86,15 +97,31 @@ class EpochBatchSampler(Sampler):
 
 
 class TrainPairs(Dataset):
-    """Decodes and augments one (image, caption) pair; index = (pair, sample_seed)."""
+    """Decodes and augments one (image, caption) pair; index = (pair, sample_seed).
+
+    Images take one of two paths. CPU path: ``image_transform`` (and ``mvs_transform``,
+    ``simclr_transform``) make the normalised views here. Device path: ``view_draws``
+    (:class:`tbps.data.device_aug.ViewDraws`) returns the resized uint8 ``image`` and each view's
+    drawn parameters under ``views``; the training process makes the views on its device.
+    ``word_ops``: the word-level caption augmentation (None = off); ``text_views``: extra caption
+    views to return (keys of ``TEXT_VIEW_STREAMS``).
+    """
 
     def __init__(self, index: ShardIndex, pairs: np.ndarray, *, tokenize: Callable[[list[str]], torch.Tensor],
-                 image_transform: Callable, mvs_transform: Callable | None = None,
-                 simclr_transform: Callable | None = None, backtranslation_prob: float = 0.1,
-                 word_deletion_prob: float = 0.05, max_words: int = 77):
+                 image_transform: Callable | None = None, mvs_transform: Callable | None = None,
+                 simclr_transform: Callable | None = None, view_draws: Callable | None = None,
+                 backtranslation_prob: float = 0.1, word_deletion_prob: float = 0.05, max_words: int = 77,
+                 word_ops: WordAugmenter | None = None, text_views: tuple[str, ...] = ()):
+        if (image_transform is None) == (view_draws is None):
+            raise ValueError("give either image_transform (CPU path) or view_draws (device path)")
         self.index, self.pairs, self.tokenize = index, pairs, tokenize
         self.image_transform, self.mvs_transform, self.simclr_transform = image_transform, mvs_transform, simclr_transform
+        self.view_draws = view_draws
         self.backtranslation_prob, self.word_deletion_prob, self.max_words = backtranslation_prob, word_deletion_prob, max_words
+        unknown = [v for v in text_views if v not in TEXT_VIEW_STREAMS]
+        if unknown:
+            raise ValueError(f"unknown caption view(s) {unknown}; expected some of {list(TEXT_VIEW_STREAMS)}")
+        self.word_ops, self.text_views = word_ops, tuple(text_views)
         self._files: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -113,6 +140,8 @@ class TrainPairs(Dataset):
         if augmented and rng.random() < self.backtranslation_prob:
             text = augmented
         text = clean_caption(text, max_words=self.max_words)
+        if self.word_ops is not None:
+            text = self.word_ops(text, rng)
         if self.word_deletion_prob > 0:
             text = random_word_deletion(text, self.word_deletion_prob, rng)
         return text
@@ -123,13 +152,22 @@ class TrainPairs(Dataset):
         sample = self.index.samples[sample_id]
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
-        image = self._image(sample)
-        out = {
-            "image": self.image_transform(image, gen),
-            "tokens": self.tokenize([self.caption_text(sample, caption, rng)])[0],
-            "train_id": torch.tensor(sample.meta["train_id"], dtype=torch.long),
-            "pair": torch.tensor(pair, dtype=torch.long),
-        }
+        captions = [self.caption_text(sample, caption, rng)]
+        captions += [self.caption_text(sample, caption, np.random.default_rng([seed, TEXT_VIEW_STREAMS[view]]))
+                     for view in self.text_views]
+        tokens = self.tokenize(captions)
+        out = self._image_views(self._image(sample), gen)
+        out["tokens"] = tokens[0]
+        out["train_id"] = torch.tensor(sample.meta["train_id"], dtype=torch.long)
+        out["pair"] = torch.tensor(pair, dtype=torch.long)
+        out.update(zip(self.text_views, tokens[1:]))
+        return out
+
+    def _image_views(self, image: Image.Image, gen: torch.Generator) -> dict:
+        """The sample's image entries; ``gen`` is consumed in the order main, MVS, SimCLR a, SimCLR b."""
+        if self.view_draws is not None:
+            return self.view_draws(image, gen)
+        out = {"image": self.image_transform(image, gen)}
         if self.mvs_transform is not None:
             out["image_mvs"] = self.mvs_transform(image, gen)
         if self.simclr_transform is not None:

@@ -1,4 +1,4 @@
-"""Image transforms (spec §4): evaluation, the training augmentation pool, SimCLR views.
+"""Image transforms (docs/method.md#image-processing): evaluation, training augmentation, SimCLR views.
 
 Every transform maps a PIL image (or a CHW tensor: uint8, or float in [0, 1]) to a normalised
 float32 CHW tensor of the model's (H, W). Training transforms are called as
@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from tbps.config import RECIPE_POOL_OPS, ImageAugConfig
 from tbps.errors import UserInputError
 
 NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -32,9 +33,10 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # CLIP pre-training's, as open_clip.OPENAI_DATASET_MEAN/STD (not imported: keeps loader workers light)
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
-POOL_OPS = ("color_jitter", "rotation", "resized_crop", "grayscale", "hflip", "erasing")
-"""The augmentation pool, in the spec's order; indices into this tuple are what gets drawn."""
-POOL_DRAWS = 2
+POOL_OPS = RECIPE_POOL_OPS
+"""The augmentation pool, in the pool table's order; indices into ``ImageAugConfig.ops`` are what gets drawn."""
+CROP_RATIO = (3 / 4, 4 / 3)
+ERASING_RATIO = (0.3, 3.3)
 
 RandomSource = torch.Generator | int
 ImageInput = Image.Image | Tensor
@@ -84,10 +86,15 @@ def _to_float(image: ImageInput) -> Tensor:
     return TF.to_dtype(x, torch.float32, scale=True)
 
 
-def _resized(image: ImageInput, size: tuple[int, int], interpolation: InterpolationMode) -> Tensor:
+def _resized_image(image: ImageInput, size: tuple[int, int], interpolation: InterpolationMode) -> Tensor:
+    """RGB, antialiased resize to ``size``; a PIL image becomes a uint8 tensor, a tensor keeps its dtype."""
     image = TF.resize(_rgb(image), list(size), interpolation=interpolation, antialias=True)
+    return TF.to_image(image).as_subclass(Tensor) if isinstance(image, Image.Image) else image
+
+
+def _resized(image: ImageInput, size: tuple[int, int], interpolation: InterpolationMode) -> Tensor:
     # Bicubic overshoots on float tensors; PIL's uint8 output is clipped the same way.
-    return _to_float(image).clamp_(0.0, 1.0)
+    return _to_float(_resized_image(image, size, interpolation)).clamp_(0.0, 1.0)
 
 
 class _Normalise:
@@ -109,40 +116,64 @@ class EvalTransform:
         return self.normalise(_resized(image, self.size, InterpolationMode.BICUBIC))
 
 
-def pool_ops(image_size) -> dict[str, v2.Transform]:
-    """The six pool ops with the recipe's parameters; they act on [0, 1] float tensors."""
+def image_ops(image_size, aug: ImageAugConfig | None = None) -> dict[str, v2.Transform]:
+    """Every single op of the ablation (paper Table 2) with ``aug``'s parameters; they act on [0, 1] float
+    tensors of the training size. The defaults give the recipe's pool ops exactly."""
+    aug = aug or ImageAugConfig()
     h, w = _size(image_size)
+    jitter = (1.0 - aug.jitter, 1.0 + aug.jitter)
     return {
-        "color_jitter": v2.ColorJitter(brightness=(0.9, 1.1), contrast=(0.9, 1.1), saturation=(0.9, 1.1), hue=0),
-        "rotation": v2.RandomRotation(degrees=(-15.0, 15.0), interpolation=InterpolationMode.NEAREST, fill=0),
-        "resized_crop": v2.RandomResizedCrop((h, w), scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3),
+        "color_jitter": v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0),
+        "color_jitter_hue": v2.ColorJitter(hue=aug.jitter_hue),
+        "rotation": v2.RandomRotation(degrees=(-aug.rotation_degrees, aug.rotation_degrees),
+                                      interpolation=InterpolationMode.NEAREST, fill=0),
+        "resized_crop": v2.RandomResizedCrop((h, w), scale=(aug.crop_min_scale, 1.0), ratio=CROP_RATIO,
                                              interpolation=InterpolationMode.BILINEAR, antialias=True),
-        "grayscale": v2.RandomGrayscale(p=0.1),
-        "hflip": v2.RandomHorizontalFlip(p=0.5),
-        "erasing": v2.RandomErasing(p=0.5, scale=(0.10, 0.20), ratio=(0.3, 3.3), value=0),
+        "grayscale": v2.RandomGrayscale(p=aug.grayscale_p),
+        "hflip": v2.RandomHorizontalFlip(p=aug.flip_p),
+        "vflip": v2.RandomVerticalFlip(p=aug.flip_p),
+        "erasing": v2.RandomErasing(p=aug.erasing_p, scale=tuple(aug.erasing_area), ratio=ERASING_RATIO, value=0),
+        "gaussian_blur": v2.GaussianBlur(aug.blur_kernel, sigma=tuple(aug.blur_sigma)),
     }
 
 
-class PoolTransform:
-    """Training view: RGB, bilinear resize, [0, 1], 2 of the 6 pool ops (with replacement, in draw order), normalise.
+def policy_transform(aug: ImageAugConfig) -> v2.Transform | None:
+    """The torchvision policy of an auto-augment strategy (uint8 input), or None for the other strategies."""
+    if aug.strategy == "autoaugment":
+        return v2.AutoAugment()  # the default ImageNet policy
+    if aug.strategy == "randaugment":
+        return v2.RandAugment(num_ops=aug.randaugment_ops, magnitude=aug.randaugment_magnitude)
+    if aug.strategy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    return None
 
-    With ``enabled=False`` only the resize and normalisation remain (no augmentation).
+
+class TrainTransform:
+    """Training view: RGB, bilinear resize, the configured augmentation, normalise (docs/method.md#augmentation-pool).
+
+    'pool' (the recipe): ``pool_draws`` of ``ops`` uniformly with replacement, in draw order, on [0, 1]
+    tensors; 'stack': every op of ``ops`` in order; the torchvision policies act on the resized uint8
+    image before scaling (docs/method.md#d29-multi-augmentation-strategies); 'none': no augmentation.
     """
 
-    def __init__(self, image_size, normalisation: str = "imagenet", *, enabled: bool = True):
+    def __init__(self, image_size, normalisation: str = "imagenet", aug: ImageAugConfig | None = None):
         self.size = _size(image_size)
-        self.enabled = enabled
-        self.ops = pool_ops(self.size)
+        self.aug = aug or ImageAugConfig()
+        self.ops = {name: op for name, op in image_ops(self.size, self.aug).items() if name in self.aug.ops}
+        self.policy = policy_transform(self.aug)
         self.normalise = _Normalise(normalisation)
 
-    @staticmethod
-    def draw_ops(rng: RandomSource) -> tuple[str, ...]:
-        """Uniform draw of ``POOL_DRAWS`` op names with replacement (advances ``rng``)."""
-        picks = torch.randint(0, len(POOL_OPS), (POOL_DRAWS,), generator=_generator(rng))
-        return tuple(POOL_OPS[int(i)] for i in picks)
+    def draw_ops(self, rng: RandomSource) -> tuple[str, ...]:
+        """The ops of one view, in order: the pool draws ``pool_draws`` uniformly with replacement (advancing
+        ``rng``); 'stack' takes every op; the other strategies have none."""
+        if self.aug.strategy == "pool":
+            names = self.aug.ops
+            picks = torch.randint(0, len(names), (self.aug.pool_draws,), generator=_generator(rng))
+            return tuple(names[int(i)] for i in picks)
+        return tuple(self.aug.ops) if self.aug.strategy == "stack" else ()
 
     def augment(self, x: Tensor, rng: RandomSource) -> Tensor:
-        """Apply a fresh op draw to a [0, 1] tensor of the target size; returns [0, 1] (before normalising)."""
+        """Apply a fresh draw of the pool or the stack to a [0, 1] tensor of the target size; returns [0, 1]."""
         gen = _generator(rng)
         names = self.draw_ops(gen)
         with _seeded_global_rng(gen):
@@ -151,8 +182,13 @@ class PoolTransform:
         return x
 
     def __call__(self, image: ImageInput, rng: RandomSource) -> Tensor:
+        if self.policy is not None:
+            x = TF.to_dtype(_resized_image(image, self.size, InterpolationMode.BILINEAR), torch.uint8, scale=True)
+            with _seeded_global_rng(_generator(rng)):
+                x = self.policy(x)
+            return self.normalise(_to_float(x))
         x = _resized(image, self.size, InterpolationMode.BILINEAR)
-        if self.enabled:
+        if self.aug.strategy in ("pool", "stack"):
             x = self.augment(x, rng)
         return self.normalise(x)
 
@@ -168,9 +204,12 @@ class PILGaussianBlur(torch.nn.Module):
         super().__init__()
         self.sigma = sigma
 
+    def draw_radius(self) -> float:
+        """σ from torch's global generator (also what the device path draws: tbps.data.device_aug)."""
+        return float(torch.empty(1).uniform_(*self.sigma))
+
     def forward(self, image: Image.Image) -> Image.Image:
-        radius = float(torch.empty(1).uniform_(*self.sigma))
-        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+        return image.filter(ImageFilter.GaussianBlur(radius=self.draw_radius()))
 
 
 class SimCLRTransform:
@@ -204,8 +243,8 @@ def eval_transform(image_size, normalisation: str = "imagenet") -> EvalTransform
     return EvalTransform(image_size, normalisation)
 
 
-def train_pool_transform(image_size, normalisation: str = "imagenet", *, enabled: bool = True) -> PoolTransform:
-    return PoolTransform(image_size, normalisation, enabled=enabled)
+def train_transform(image_size, normalisation: str = "imagenet", aug: ImageAugConfig | None = None) -> TrainTransform:
+    return TrainTransform(image_size, normalisation, aug)
 
 
 def simclr_transform(image_size, normalisation: str = "imagenet") -> SimCLRTransform:

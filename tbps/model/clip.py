@@ -10,7 +10,8 @@ Changes from vanilla CLIP, all applied by :func:`build_model`:
    mode only. It is set in every text block and nowhere in the image tower.
 3. Logit scale: θ stays open_clip's ``logit_scale`` parameter; the value used is
    s = min(exp θ, max) with dL/dθ = s·∂L/∂s even above the clamp (:meth:`TBPSModel.logit_scale_value`).
-4. Optional SimCLR head on the (unnormalised) projected image embedding.
+4. Optional SimCLR head on the (unnormalised) projected image embedding (SS-I), and optionally a
+   second one, of the same shape, on the projected text embedding (SS-T, docs/method.md D19).
 
 Weights: ``ModelConfig.pretrained`` is an open_clip tag (``"openai"``: fetched into, or read
 from, open_clip's Hugging Face cache), a local weights file (e.g. that cached file copied to an
@@ -47,14 +48,16 @@ class SimCLRHead(nn.Sequential):
 
 
 class TBPSModel(nn.Module):
-    """An open_clip ``CLIP`` (``self.clip``) plus the optional SimCLR head; all outputs L2-normalised."""
+    """An open_clip ``CLIP`` (``self.clip``) plus the optional SimCLR heads; all outputs L2-normalised."""
 
-    def __init__(self, clip: CLIP, *, name: str, logit_scale_max: float, simclr_hidden: int | None):
+    def __init__(self, clip: CLIP, *, name: str, logit_scale_max: float, simclr_hidden: int | None,
+                 text_simclr_hidden: int | None = None):
         super().__init__()
         self.clip = clip
         self.name = name
         self.logit_scale_max = float(logit_scale_max)
         self.simclr_head = SimCLRHead(self.embed_dim, simclr_hidden) if simclr_hidden else None
+        self.text_simclr_head = SimCLRHead(self.embed_dim, text_simclr_hidden) if text_simclr_hidden else None
 
     @property
     def embed_dim(self) -> int:
@@ -90,8 +93,14 @@ class TBPSModel(nn.Module):
             raise RuntimeError("this model was built without the SimCLR head (with_simclr_head=False)")
         return F.normalize(self.simclr_head(self.clip.encode_image(images, normalize=False)), dim=-1)
 
+    def text_simclr(self, tokens: Tensor) -> Tensor:
+        """Text SimCLR head output for ``tokens`` (SS-T), L2-normalised (needs ``with_text_simclr_head=True``)."""
+        if self.text_simclr_head is None:
+            raise RuntimeError("this model was built without the text SimCLR head (with_text_simclr_head=False)")
+        return F.normalize(self.text_simclr_head(self.clip.encode_text(tokens, normalize=False)), dim=-1)
+
     def forward(self, images: Tensor | None = None, tokens: Tensor | None = None,
-                simclr_images: Tensor | None = None) -> dict[str, Tensor]:
+                simclr_images: Tensor | None = None, simclr_tokens: Tensor | None = None) -> dict[str, Tensor]:
         """Whichever encodings are asked for, in one call (so wrappers such as DDP see the forward)."""
         out = {}
         if images is not None:
@@ -100,6 +109,8 @@ class TBPSModel(nn.Module):
             out["text"] = self.encode_text(tokens)
         if simclr_images is not None:
             out["simclr"] = self.simclr(simclr_images)
+        if simclr_tokens is not None:
+            out["text_simclr"] = self.text_simclr(simclr_tokens)
         return out
 
 
@@ -175,8 +186,9 @@ def set_text_attention_dropout(clip: CLIP, p: float) -> int:
     return len(blocks)
 
 
-def build_model(cfg: ModelConfig, *, with_simclr_head: bool) -> BuiltModel:
-    """Build the TBPS-CLIP model for ``cfg`` (weights loaded, recipe changes applied)."""
+def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_head: bool = False) -> BuiltModel:
+    """Build the TBPS-CLIP model for ``cfg`` (weights loaded, recipe changes applied); the SimCLR heads
+    (image: SS-I, text: SS-T) only when asked for."""
     log = logging.getLogger(__name__)
     if not 0.0 <= cfg.text_attn_dropout < 1.0:
         raise UserInputError(f"model.text_attn_dropout={cfg.text_attn_dropout}: must be in [0, 1). Fix: use 0.05")
@@ -200,10 +212,11 @@ def build_model(cfg: ModelConfig, *, with_simclr_head: bool) -> BuiltModel:
     n_text = set_text_attention_dropout(clip, cfg.text_attn_dropout)
 
     model = TBPSModel(clip, name=cfg.name, logit_scale_max=cfg.logit_scale_max,
-                      simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None)
+                      simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None,
+                      text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("built %s (%s, image %s, QuickGELU %s, text attention dropout %.3g in %d blocks, %s trainable "
-             "parameters, SimCLR head %s)", cfg.name, report.summary() if report else "random init",
+             "parameters, SimCLR heads: image %s, text %s)", cfg.name, report.summary() if report else "random init",
              model.image_size, model_cfg["quick_gelu"], cfg.text_attn_dropout, n_text, f"{trainable:,}",
-             "yes" if with_simclr_head else "no")
+             "yes" if with_simclr_head else "no", "yes" if with_text_simclr_head else "no")
     return BuiltModel(model=model, tokenizer=open_clip.get_tokenizer(cfg.name), load_report=report)

@@ -47,8 +47,8 @@ def _integer(path, state: dict, field: str, minimum: int) -> int:
 def load_trained_model(checkpoint_path: str | os.PathLike, device: torch.device) -> TrainedModel:
     """Rebuild the checkpoint's model from its saved configuration and load every weight.
 
-    Inference never uses the SimCLR head (a training-only branch of SS-I), so it is neither
-    built nor loaded; any other missing or unexpected weight is an error. A file that is not
+    Inference never uses the SimCLR heads (training-only branches of SS-I and SS-T), so they are
+    neither built nor loaded; any other missing or unexpected weight is an error. A file that is not
     a tbps final checkpoint (a bare state dict, plain open_clip weights, a dict without the
     configuration), weights with NaN or infinite values and an untrained model (0 epochs or
     steps) are refused with a message saying what the file is and what to use instead.
@@ -75,5 +75,5 @@ def load_trained_model(checkpoint_path: str | os.PathLike, device: torch.device)
     cfg.model.pretrained = None
     bundle = build_model(cfg.model, with_simclr_head=False)
     load_checkpoint_weights(bundle.model, state["model"], source=str(checkpoint_path),
-                            ignore_prefixes=("simclr_head.",))
+                            ignore_prefixes=("simclr_head.", "text_simclr_head."))
     return TrainedModel(bundle.model.to(device).eval(), bundle.tokenizer, cfg, config_sha, epochs, seed)

@@ -7,6 +7,7 @@ plus an `overlay.yaml` config; results/, resources/, logs/ and .snakemake/ appea
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -115,3 +116,17 @@ def tree_digest(folder: Path, skip: tuple[str, ...] = SNAKEMAKE_SCRATCH) -> dict
         content = str(path.readlink()).encode() if path.is_symlink() else path.read_bytes()
         digest[relative] = (hashlib.sha256(content).hexdigest(), path.lstat().st_mtime_ns)
     return digest
+
+
+REPORT_VARIABLES = re.compile(r"^\s*var (workflow_desc|results|categories) = ([{\"].*);$", re.M)
+
+
+def build_report(folder: Path, out: Path) -> dict:
+    """`snakemake --report OUT` for a finished run (writes nothing in the run but Snakemake's own
+    log), and what the report holds: `workflow_desc` (the landing page's HTML), `results` (path ->
+    name, labels, caption, mime_type, data_uri, ...) and `categories` (category -> subcategory ->
+    paths), read from the JSON the page's script starts from."""
+    snakemake(folder, "--report", str(out))
+    found = {name: json.loads(value) for name, value in REPORT_VARIABLES.findall(out.read_text())}
+    assert set(found) == {"workflow_desc", "results", "categories"}, f"{out}: found only {sorted(found)}"
+    return found

@@ -1,8 +1,11 @@
-# Per-run metrics -> results/{dataset}/metrics.parquet, report figures, cross-dataset table.
+# Per-run metrics -> report figures and tables (the `plots` stage), results/{dataset}/metrics.parquet
+# (the `collect` stage), the cross-dataset table.
 #
 # results/{dataset}/metrics.parquet is the final target of a dataset, so `collect` also waits for
-# that dataset's report figures: `snakemake results/X/metrics.parquet` then `snakemake --report`
-# shows everything. (The figures are drawn from the per-run files, not from metrics.parquet.)
+# that dataset's report pages: `snakemake results/X/metrics.parquet` then `snakemake --report`
+# shows everything. (The pages are drawn from the per-run files, not from metrics.parquet.) It
+# also waits for the stamps of the `shards` and `plots` stages, so that every stage name is a
+# rule in the DAG of the final target and `--until STAGE` works (README, "Rerunning one stage").
 
 
 rule plot_training:
@@ -70,8 +73,40 @@ rule plot_examples:
         " --out {output.figure:q} --title {params.title:q} > {log:q} 2>&1"
 
 
+rule plot_train_log:
+    """The per-step training log as an HTML table (the report opens it; the Parquet is the data)."""
+    input:
+        log="results/{dataset}/{experiment}/train/train_log.parquet",
+    output:
+        page=report(
+            "results/{dataset}/{experiment}/train/train_log.html",
+            caption="../report/train_log.rst",
+            category="Training",
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "{experiment}",
+                "item": "per-step log",
+            },
+        ),
+    log:
+        "logs/plots/{dataset}/{experiment}/train_log.log",
+    conda:
+        "../../envs/tbps.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        title=get_train_log_title,
+    shell:
+        "python -m tbps plots table --table {input.log:q} --out {output.page:q}"
+        " --title {params.title:q} > {log:q} 2>&1"
+
+
 rule plot_metrics:
-    """R@1/R@5/R@10/mAP of every experiment of a dataset, with the paper's values and chance level."""
+    """R@1/R@5/R@10/mAP/mINP of every experiment of a dataset, with the paper's values and chance
+    level; the same numbers as the report's landing-page table (headline.rst, see workflow.rst).
+    """
     input:
         metrics=get_run_metrics,
         table="results/{dataset}/prepared/annotations.parquet",
@@ -86,6 +121,7 @@ rule plot_metrics:
                 "item": "metrics vs paper",
             },
         ),
+        headline="results/{dataset}/plots/headline.rst",
     log:
         "logs/plots/{dataset}/metrics.log",
     conda:
@@ -96,15 +132,30 @@ rule plot_metrics:
         runtime=10,
     shell:
         "python -m tbps plots metrics --inputs {input.metrics:q} --dataset {wildcards.dataset:q}"
-        " --annotations {input.table:q} --out {output.figure:q} > {log:q} 2>&1"
+        " --annotations {input.table:q} --out {output.figure:q}"
+        " --headline {output.headline:q} > {log:q} 2>&1"
+
+
+rule plots:
+    """The `plots` stage of a dataset: every report figure and table is there (a stamp)."""
+    input:
+        get_report_pages,
+    output:
+        touch("results/{dataset}/plots/complete.stamp"),
+    localrule: True
 
 
 rule collect:
-    """Every run of a dataset (test metrics + per-epoch val curves) in one validated table."""
+    """Every run of a dataset (test metrics + per-epoch val curves) in one validated table, and
+    the table as an HTML page."""
     input:
         metrics=get_run_metrics,
         val_curves=get_val_curves,
-        figures=get_report_figures,
+        # The stages that no later rule reads as a whole: --until shards / --until plots.
+        stages=[
+            "results/{dataset}/shards/complete.stamp",
+            "results/{dataset}/plots/complete.stamp",
+        ],
     output:
         metrics=report(
             "results/{dataset}/metrics.parquet",
@@ -113,7 +164,17 @@ rule collect:
             labels={
                 "dataset": "{dataset}",
                 "experiment": "all",
-                "item": "metrics table (Parquet)",
+                "item": "metrics table (Parquet, download)",
+            },
+        ),
+        page=report(
+            "results/{dataset}/metrics.html",
+            caption="../report/metrics_table.rst",
+            category="Metrics",
+            labels={
+                "dataset": "{dataset}",
+                "experiment": "all",
+                "item": "metrics table",
             },
         ),
     log:
@@ -126,7 +187,7 @@ rule collect:
         runtime=10,
     shell:
         "python -m tbps collect --inputs {input.metrics:q} --val-curves {input.val_curves:q}"
-        " --out {output.metrics:q} > {log:q} 2>&1"
+        " --out {output.metrics:q} --html {output.page:q} > {log:q} 2>&1"
 
 
 rule collect_cross:
@@ -143,7 +204,17 @@ rule collect_cross:
             labels={
                 "dataset": "cross-dataset",
                 "experiment": "all",
-                "item": "metrics table (Parquet)",
+                "item": "metrics table (Parquet, download)",
+            },
+        ),
+        page=report(
+            "results/cross/metrics.html",
+            caption="../report/cross_metrics.rst",
+            category="Metrics",
+            labels={
+                "dataset": "cross-dataset",
+                "experiment": "all",
+                "item": "metrics table",
             },
         ),
     log:
@@ -155,4 +226,5 @@ rule collect_cross:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m tbps collect --inputs {input.metrics:q} --out {output.metrics:q} > {log:q} 2>&1"
+        "python -m tbps collect --inputs {input.metrics:q} --out {output.metrics:q}"
+        " --html {output.page:q} > {log:q} 2>&1"

@@ -253,6 +253,15 @@ def get_shard_manifest(dataset, split):
     return f"results/{dataset}/shards/{split}/manifest.json"
 
 
+def get_split_manifests(wildcards):
+    """The manifest of every split the dataset has (the end of its shards stage)."""
+    return [
+        get_shard_manifest(wildcards.dataset, split)
+        for split in ("train", "val", "test")
+        if has_split(wildcards.dataset, split)
+    ]
+
+
 # ---------------------------------------------------------------- train and evaluate
 
 
@@ -320,14 +329,21 @@ def get_val_curves(wildcards):
     ]
 
 
-def get_report_figures(wildcards):
-    """A dataset's report figures: `collect` waits for them (see collect.smk)."""
-    runs = trained_runs(wildcards.dataset)
-    return [f"results/{wildcards.dataset}/plots/metrics.png"] + [
-        f"results/{wildcards.dataset}/{run}/plots/{figure}.png"
-        for run in runs
-        for figure in ("training", "examples")
-    ]
+def get_report_pages(wildcards):
+    """A dataset's report figures and tables (the `plots` stage; see collect.smk)."""
+    dataset = wildcards.dataset
+    pages = [f"results/{dataset}/plots/metrics.png"]
+    for run in trained_runs(dataset):
+        pages += [
+            f"results/{dataset}/{run}/plots/training.png",
+            f"results/{dataset}/{run}/plots/examples.png",
+            f"results/{dataset}/{run}/train/train_log.html",
+        ]
+    return pages
+
+
+def get_train_log_title(wildcards):
+    return f"{wildcards.experiment} on {wildcards.dataset}: per-step training log"
 
 
 def get_cross_metrics(wildcards):

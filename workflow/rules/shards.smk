@@ -92,3 +92,18 @@ rule shard_manifest:
     shell:
         "python -m tbps shards manifest --plan {input.plan:q} --out {output.manifest:q}"
         " > {log:q} 2>&1"
+
+
+rule shards:
+    """The `shards` stage of a dataset: every split's shards verified (a stamp).
+
+    The augmented captions are an input too: the train shards read them, but only once the
+    shard_plan checkpoint has run, and `--until augment` needs the augment job in the DAG
+    before that.
+    """
+    input:
+        manifests=get_split_manifests,
+        augmented="results/{dataset}/augment/captions_aug.parquet",
+    output:
+        touch("results/{dataset}/shards/complete.stamp"),
+    localrule: True

@@ -16,7 +16,7 @@ rule train:
             labels={
                 "dataset": "{dataset}",
                 "experiment": "{experiment}",
-                "item": "per-step log",
+                "item": "per-step log (Parquet, download)",
             },
         ),
         # No rows for a dataset without a val split.
