@@ -28,7 +28,8 @@ def run_synth(ids: int, out: Path, code: Path | None) -> dict:
     command = [sys.executable, "-m", "tbps", "synth", "--format", "cuhk-pedes", "--out", str(out),
                "--ids", str(ids), "--seed", "0"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Run outside the checkout: ``python -m`` puts the working directory first on sys.path.
+    process = subprocess.Popen(command, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     stderr = process.stderr.read().decode(errors="replace")
@@ -45,7 +46,11 @@ def main() -> None:
     parser.add_argument("--ids", type=int, nargs="+", default=[400, 4000], help="train identities per run")
     parser.add_argument("--code", type=Path, default=None, help="folder holding the tbps package to run")
     args = parser.parse_args()
-    print(f"code: {args.code or 'installed tbps'}; load average before: {os.getloadavg()}")
+    env = dict(os.environ, **({"PYTHONPATH": str(args.code)} if args.code else {}))
+    with tempfile.TemporaryDirectory() as elsewhere:
+        package = subprocess.run([sys.executable, "-c", "import tbps; print(tbps.__file__)"], env=env, cwd=elsewhere,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    print(f"tbps from {package}; load average before: {os.getloadavg()}")
     print(f"{'ids':>6} {'images':>8} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13}")
     rows = []
     for ids in args.ids:
