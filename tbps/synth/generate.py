@@ -30,8 +30,8 @@ annotation file last, and the folder is renamed to ``out`` only when complete.
 
 Memory: images and annotation records are written as they are made (the annotation list is
 streamed to a temporary file); only the plan (one small record per image) is held. Measured
-peak RSS of ``tbps synth --format cuhk-pedes``: 46 MiB at 2,624 images and 52 MiB at 25,835
-(holding every record until the end, as before, took 60 and 180 MiB: ~5.3 KB per image).
+peak RSS of ``tbps synth --format cuhk-pedes`` (``benchmarks/synth.py``): 49 MiB at 9,692
+images, where holding every record until the end, as before, took 96 MiB (~5 KB per image).
 
 Ownership: a finished folder holds ``.tbps-synth.json`` with the parameters it was made
 from. Only such a folder is regenerated in place; any other non-empty folder (a real
