@@ -9,6 +9,7 @@
 #   shards    prepared table + images -> WebDataset shards per split, with a manifest
 #   train     shards -> fine-tuned checkpoints per experiment
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
+#   search    checkpoint + test shards -> a gallery index and a demo search page for the report
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
 
 from snakemake.utils import min_version
@@ -39,6 +40,7 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/collect.smk"
 
 

@@ -1,6 +1,6 @@
 """Typed experiment configuration.
 
-The defaults below are the TBPS-CLIP recipe (full preset, spec §4-§7). An
+The defaults below are the TBPS-CLIP recipe (full preset, docs/method.md). An
 experiment file in ``config/experiments/`` holds only what differs from them,
 optionally on top of another experiment (``inherit: NAME``). The resolved
 configuration is saved next to every checkpoint and hashed into every metrics

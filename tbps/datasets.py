@@ -25,7 +25,7 @@ class DatasetInfo:
     """Train ids are contiguous from this value in the published files."""
     captions_per_image: int
     published: dict[str, SplitStats] = field(default_factory=dict)
-    """Per-split counts of the published release (spec §2.2); empty for synthetic data."""
+    """Per-split counts of the published release (docs/method.md#split-statistics); empty for synthetic data."""
     download: str = ""
     """How to obtain the raw release (shown when it is missing)."""
 

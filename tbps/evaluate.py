@@ -1,6 +1,6 @@
 """Evaluation stage: encode a split's captions and images, rank, write metrics and examples.
 
-The protocol is the faithful one (spec §2.3, §8): every caption is a query, every
+The protocol is the faithful one (docs/method.md#test-protocol, #retrieval-metrics): every caption is a query, every
 image is in the gallery, relevance = same person id; eval mode, fp32, cleaned
 (not augmented) captions, the eval image transform. Text->image is the reported
 direction; image->text (images as queries over the captions) is stored beside it.

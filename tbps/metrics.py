@@ -1,6 +1,6 @@
 """Exact retrieval metrics (R@K, mAP, mINP) at any gallery size with bounded memory.
 
-Definitions follow spec §8: for each query the gallery is ranked by similarity,
+Definitions follow docs/method.md#retrieval-metrics: for each query the gallery is ranked by similarity,
 descending; m_q(k) = 1 when the item at rank k shares the query's id and
 n_q = sum_k m_q(k) >= 1.
 
@@ -248,7 +248,7 @@ def _rank_chunks(
         shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
         raise ValueError(
             f"{len(missing)} of {num_q} queries have no positive in the gallery "
-            f"(query indices {shown}); spec §8 requires every query id to appear among "
+            f"(query indices {shown}); the protocol requires every query id to appear among "
             "gallery_ids. Fix: evaluate on a gallery that holds every query identity."
         )
 

@@ -1,4 +1,4 @@
-"""Ingestion of the three raw annotation formats (spec §2): parsing, fatal errors, counted skips."""
+"""Ingestion of the three raw annotation formats (docs/method.md#annotation-formats): parsing, fatal errors, counted skips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for tbps.metrics: spec §8 worked example, edge cases, chunking, ties, dtypes."""
+"""Tests for tbps.metrics: the worked example of docs/method.md#worked-example, edge cases, chunking, ties, dtypes."""
 
 import warnings
 
@@ -223,7 +223,7 @@ def test_topk_indices_follow_the_same_tie_order():
         assert np.array_equal(topk_indices(torch.from_numpy(sim), 10, query_chunk=chunk).numpy(), want)
     assert topk_indices(sim, 500).shape == (sim.shape[0], sim.shape[1])  # k beyond the gallery
     example = topk_indices(torch.tensor(EXAMPLE_SIM), 5)
-    assert example.tolist() == [[1, 3, 0, 2, 4], [1, 3, 2, 0, 4]]  # spec §8 orderings
+    assert example.tolist() == [[1, 3, 0, 2, 4], [1, 3, 2, 0, 4]]  # the worked example's orderings
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])

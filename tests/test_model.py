@@ -1,4 +1,4 @@
-"""The TBPS-CLIP model: recipe changes (spec §5), parameter groups (§7) and strict weight loading."""
+"""The TBPS-CLIP model: recipe changes (docs/method.md#recipe-changes), parameter groups (#optimisation) and strict weight loading."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def tiny_vit():
     return build_model(TINY_VIT_CFG, with_simclr_head=True)
 
 
-# ---------------------------------------------------------------- ViT-B/16 recipe (spec §5)
+# ---------------------------------------------------------------- ViT-B/16 recipe (docs/method.md#recipe-changes)
 
 def test_vit_b16_trainable_parameter_counts_match_the_spec(vit_b16_full):
     model = vit_b16_full.model

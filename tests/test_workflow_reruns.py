@@ -138,12 +138,16 @@ def test_deleted_train_shard_is_rebuilt_with_what_reads_the_split(finished_run, 
         "plot_metrics": {"results/synthetic/plots/metrics.png", "results/synthetic/plots/headline.rst"},
         "plots": {"results/synthetic/plots/complete.stamp"},
         "collect": {METRICS, "results/synthetic/metrics.html"},
+        "search_index": {f"{run_dir}/search/test.index"},
+        "search_demo": {f"{run_dir}/search/demo.html", f"{run_dir}/search/demo.json"},
     }
     assert ran == expected
     after = tree_digest(run)
     changed = {p for p in after if p.startswith(("results/", "resources/")) and after[p] != before.get(p)}
+    # The index is a folder output: its files are what changes.
+    index_folder = f"{run_dir}/search/test.index"
+    declared = set().union(*expected.values()) - {index_folder} | {p for p in after if p.startswith(index_folder + "/")}
     # Training may also rewrite what it does not declare: its resumable checkpoint and config copy.
-    declared = set().union(*expected.values())
     assert declared <= changed <= declared | {f"{run_dir}/train/checkpoints/last.pt", f"{run_dir}/train/config.yaml"}
     assert shard.read_bytes() == original
     manifest = "results/synthetic/shards/train/manifest.json"

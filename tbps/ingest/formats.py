@@ -1,4 +1,4 @@
-"""Read and validate the three published annotation formats (spec §2.1-§2.2).
+"""Read and validate the three published annotation formats (docs/method.md#annotation-formats).
 
 Anything wrong with the *structure* of the annotation file is fatal: a
 mistyped field or a broken id convention means the file is not the release it
@@ -425,7 +425,7 @@ def min_id(info: DatasetInfo) -> int:
 
 
 def _check_train_ids(info: DatasetInfo, first_record: dict[int, int], problems: ProblemCollector) -> None:
-    """Train ids must be contiguous from the dataset's first id (spec §2.2).
+    """Train ids must be contiguous from the dataset's first id (docs/method.md#ids-splits-and-quirks).
 
     ``first_record`` maps each train id to the first record that has it.
     """

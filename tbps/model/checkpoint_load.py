@@ -6,7 +6,7 @@ Pretrained CLIP weights come through open_clip: a tag such as ``"openai"`` is re
 then go through :func:`load_checkpoint_weights` rather than ``open_clip.create_model(pretrained=...)``
 because open_clip discards the load result and always resizes position embeddings bicubically;
 here every missing, unexpected or mis-shaped key is reported, and the grid is resized bilinearly
-(spec §4: "bilinearly interpolated position embeddings") with open_clip's ``resize_pos_embed``.
+(docs/method.md#d10-resolution: "bilinearly interpolated position embeddings") with open_clip's ``resize_pos_embed``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The TBPS-CLIP dual encoder (spec §5): an open_clip CLIP with the recipe's changes.
+"""The TBPS-CLIP dual encoder (docs/method.md#recipe-changes): an open_clip CLIP with the recipe's changes.
 
 Changes from vanilla CLIP, all applied by :func:`build_model`:
 
@@ -167,7 +167,7 @@ def _image_size(cfg: ModelConfig, model_cfg: dict) -> int | tuple[int, int]:
 
 
 def _quick_gelu(cfg: ModelConfig, model_cfg: dict) -> bool:
-    """QuickGELU where the weights were trained with it (OpenAI CLIP, spec §5)."""
+    """QuickGELU where the weights were trained with it (OpenAI CLIP, docs/method.md#architecture)."""
     if model_cfg.get("quick_gelu"):
         return True
     if cfg.pretrained and open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained):

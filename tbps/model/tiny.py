@@ -6,7 +6,7 @@ registered through open_clip's public ``add_model_config``, so ``open_clip.creat
 
 - ``TBPS-Tiny-RN``: open_clip's ``ModifiedResNet`` tower at tiny widths (layers [1,1,1,1],
   width 16, 64x64 input; its attention pool assumes a square input). The demo's model: on CPU a
-  small CNN learns about twice as fast per second as a tiny ViT (platform notes §8).
+  small CNN learns about twice as fast per second as a tiny ViT (measured: BENCHMARKS.md).
 - ``TBPS-Tiny-ViT``: a 4-layer, width-128 ViT with 8-pixel patches (96x32 default input).
 
 Both share a 1-layer, width-128 text tower with context length 32 and the full 49,408-token

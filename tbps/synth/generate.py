@@ -1,4 +1,4 @@
-"""Generate a synthetic pedestrian dataset in the exact layout of a published one (spec §2).
+"""Generate a synthetic pedestrian dataset in the exact layout of a published one (docs/method.md#annotation-formats).
 
 The project's embedded default dataset: every test, demo and benchmark runs
 on it, and every later stage reads it through the same code path as the real

@@ -330,7 +330,7 @@ def get_val_curves(wildcards):
 
 
 def get_report_pages(wildcards):
-    """A dataset's report figures and tables (the `plots` stage; see collect.smk)."""
+    """A dataset's report figures, tables and demo search pages (the `plots` stage; see collect.smk)."""
     dataset = wildcards.dataset
     pages = [f"results/{dataset}/plots/metrics.png"]
     for run in trained_runs(dataset):
@@ -339,11 +339,33 @@ def get_report_pages(wildcards):
             f"results/{dataset}/{run}/plots/examples.png",
             f"results/{dataset}/{run}/train/train_log.html",
         ]
+    pages += [
+        f"results/{dataset}/{experiment}/search/demo.html"
+        for experiment in DATASETS[dataset]["experiments"]
+    ]
     return pages
 
 
 def get_train_log_title(wildcards):
     return f"{wildcards.experiment} on {wildcards.dataset}: per-step training log"
+
+
+# ---------------------------------------------------------------- search
+
+
+def get_search_queries(wildcards):
+    """The demo page's descriptions: the dataset's `search_queries`, else search.queries."""
+    return DATASETS[wildcards.dataset].get(
+        "search_queries", config["search"]["queries"]
+    )
+
+
+def get_search_captions(wildcards):
+    return config["search"]["captions"]
+
+
+def get_search_top(wildcards):
+    return config["search"]["top"]
 
 
 def get_cross_metrics(wildcards):
