@@ -61,12 +61,11 @@ def test_unchanged_config_plans_nothing(built):
 )
 def test_augment_change_reruns_augment_and_train_shards_only(built, change):
     plan, out = _dry_run(built, change)
+    # The train plan carries the augmented captions of each sample, so it is replanned (a
+    # checkpoint: its shard jobs appear once it ran), and nothing of val or test.
     assert plan == {
         "augment": {"results/synthetic/augment/captions_aug.parquet"},
-        "shard": {
-            "results/synthetic/shards/train/shard-000000.tar",
-            "results/synthetic/shards/train/shard-000000.json",
-        },
+        "shard_plan": {"results/synthetic/shards/train/plan.json", "results/synthetic/shards/train/plan_samples.parquet"},
         "shards_present": {"results/synthetic/shards/train/shards-present.stamp"},
         "shard_manifest": {"results/synthetic/shards/train/manifest.json"},
     }, out
@@ -84,7 +83,8 @@ def test_shard_size_change_replans_every_split_and_nothing_upstream(built):
     # The plans are checkpoints: the shards they will name are only known once they ran,
     # so a dry run lists the plans and what reads them (the shard jobs appear in the real run).
     assert plan == {
-        "shard_plan": {f"results/synthetic/shards/{split}/plan.json" for split in ("train", "val")},
+        "shard_plan": {f"results/synthetic/shards/{split}/{name}" for split in ("train", "val")
+                       for name in ("plan.json", "plan_samples.parquet")},
         "shards_present": {f"results/synthetic/shards/{split}/shards-present.stamp" for split in ("train", "val")},
         "shard_manifest": {f"results/synthetic/shards/{split}/manifest.json" for split in ("train", "val")},
     }, out
