@@ -44,6 +44,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/collect.smk"
 include: "workflow/rules/probes.smk"
+include: "workflow/rules/few_shot.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -115,6 +115,18 @@ class ModelConfig:
     """Text layers removed from the model: from the forward pass and the checkpoint (1-based)."""
     compress_from_importance: ImportanceChoice = field(default_factory=ImportanceChoice)
     """Choose the frozen or dropped text layers from a measured importance table instead of listing them."""
+    peft: str = _ranged("none", choices=("none", "coop", "clip_adapter"))
+    """A parameter-efficient baseline of the paper's few-shot table (App. A.3) on the frozen model: 'coop' =
+    learnable prompt context vectors before the caption (Eq. 8, docs/method.md D25), 'clip_adapter' = a
+    residual bottleneck adapter on the image embedding (Eq. 9, D26). Only the method's own parameters train;
+    every backbone weight (and the logit scale) stays as loaded. 'none' = train the model as configured."""
+    coop_context_init: str = "a pedestrian photo of"
+    """CoOp: the words whose token embeddings initialise the context vectors, one vector per BPE token
+    (4 for the default); they are placed after the start token, the caption after them."""
+    adapter_reduction: int = _ranged(4, ge=1)
+    """CLIP-Adapter: bottleneck width = embedding width / this (512 -> 128 -> 512 for ViT-B/16)."""
+    adapter_alpha: float = _ranged(0.4, **PROBABILITY)
+    """CLIP-Adapter: the blend f^ = alpha * G(f) + (1 - alpha) * f of the adapted and the original image embedding."""
 
 
 @dataclass
@@ -294,7 +306,12 @@ class DataConfig:
     max_words: int = _ranged(77, ge=1)
     """Captions are cut to this many words after cleaning."""
     few_shot_fraction: float = _ranged(1.0, gt=0.0, le=1.0)
-    """Fraction of training identities' images used (few-shot experiments); 1.0 = all."""
+    """Fraction F of the training images used, each with all its captions (few-shot experiments, paper
+    Tables 11 and 16): a seeded random floor(F * N) of the N images (docs/method.md D27); 1.0 = all. A
+    subset with fewer pairs than data.batch_size trains with one batch of all of them."""
+    few_shot_seed: int = _ranged(0, ge=0)
+    """Seed of the few-shot subset, independent of train.seed, so every method of one fraction trains on
+    the same images."""
 
     @property
     def uses_word_ops(self) -> bool:

@@ -172,3 +172,36 @@ for these runs (Fig. 3 only)."""
 
 def compression_row(x: int) -> CompressionRow | None:
     return next((row for row in COMPRESSION_TABLE if row.x == x), None)
+
+
+# --------------------------------------------------------------------------- few-shot (Tables 11 and 16)
+
+FEW_SHOT_FRACTIONS = (0.01, 0.05, 0.1)
+FEW_SHOT_METHODS = {
+    "clip": "CLIP, fine-tuned",
+    "coop": 'CoOp ("a pedestrian photo of")',
+    "clip_adapter": "CLIP-Adapter (image side, alpha = 0.4)",
+    "tbps_clip": "TBPS-CLIP",
+    "simplified": "Simplified TBPS-CLIP",
+}
+"""The few-shot table's methods (our key -> the paper's row; docs/method.md#few-shot-table)."""
+_FEW_SHOT = {  # R1/R5/R10/mAP at 1 %, 5 %, 10 % of CUHK-PEDES's training data
+    "clip": ("27.84/49.51/60.56/25.88", "38.37/62.26/72.34/35.39", "42.37/66.13/75.31/38.20"),
+    "coop": ("10.98/23.98/31.50/10.22", "11.37/24.19/32.46/10.48", "12.10/25.55/33.97/10.96"),
+    "clip_adapter": ("11.22/24.22/31.71/10.30", "11.96/25.45/33.56/10.91", "12.61/27.19/35.32/11.77"),
+    "tbps_clip": ("27.94/51.20/62.07/27.60", "42.98/66.26/74.94/38.86", "49.19/71.98/80.46/43.81"),
+    "simplified": ("30.05/51.56/62.23/28.53", "43.65/66.60/75.91/39.30", "50.26/72.51/80.28/44.28"),
+}
+FEW_SHOT_SOURCE = f"{PAPER}, Table 11 (5 %) and Table 16 (1 %, 10 %)"
+FEW_SHOT_DATASET = "cuhk-pedes"
+
+
+def few_shot_published(method: str, fraction: float, dataset: str) -> Published | None:
+    """The paper's few-shot row for ``method`` (a key of :data:`FEW_SHOT_METHODS`) at ``fraction``; the
+    paper reports CUHK-PEDES only, so other datasets get None."""
+    if dataset != FEW_SHOT_DATASET or method not in _FEW_SHOT:
+        return None
+    for known, values in zip(FEW_SHOT_FRACTIONS, _FEW_SHOT[method], strict=True):
+        if abs(known - fraction) < 1e-9:
+            return _row(FEW_SHOT_METHODS[method], dataset, values, source=FEW_SHOT_SOURCE)
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import logging
 import math
 import random
@@ -126,7 +127,7 @@ def build_training_data(cfg: ExperimentConfig, manifest: Path, model_bundle):
             f"{manifest}: {len(missing)} samples have no train_id (first: {missing[0]}). "
             "Fix: train on the train split's manifest"
         )
-    pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.train.seed)
+    pairs = pair_table(index, cfg.data.few_shot_fraction, cfg.data.few_shot_seed)
     size = tuple(cfg.model.image_size)
     view = transforms.train_transform(size, cfg.data.normalisation, cfg.data.image_aug)
     simclr = transforms.simclr_transform(size, cfg.data.normalisation) if cfg.loss.uses_ss_i else None
@@ -337,6 +338,31 @@ def steps_per_epoch(num_pairs: int, global_batch: int, manifest: Path) -> int:
     return steps
 
 
+def training_batch(cfg: ExperimentConfig, num_pairs: int, world_size: int) -> int:
+    """The global batch: ``data.batch_size``, except for a few-shot subset with fewer pairs than that, which
+    trains with one batch of all its pairs (rounded down to a multiple of the processes; docs/method.md
+    D27): at 1 % the synthetic default's subset is smaller than one batch."""
+    batch = cfg.data.batch_size
+    if cfg.data.few_shot_fraction < 1.0 and 0 < num_pairs < batch:
+        fitted = num_pairs - num_pairs % world_size
+        if fitted:
+            log.warning("few-shot subset: %d pairs are fewer than data.batch_size %d: training with batches of %d",
+                        num_pairs, batch, fitted)
+            return fitted
+    return batch
+
+
+def few_shot_record(cfg: ExperimentConfig, index: ShardIndex, pairs: np.ndarray) -> dict | None:
+    """What final.pt says about a few-shot run's subset (None for a run on all images)."""
+    if cfg.data.few_shot_fraction >= 1.0:
+        return None
+    images = np.unique(pairs[:, 0])
+    return {"fraction": cfg.data.few_shot_fraction, "seed": cfg.data.few_shot_seed, "images": int(len(images)),
+            "pairs": int(len(pairs)), "of_images": len(index.samples),
+            "image_paths_sha256": hashlib.sha256("\n".join(
+                str(index.samples[i].meta.get("image_path")) for i in images).encode()).hexdigest()}
+
+
 def lr_schedule(cfg: ExperimentConfig, steps: int) -> Callable[[int], float]:
     """The learning rate at each global step (warm-up, then cosine) for ``steps`` steps per epoch."""
     optim = cfg.optim
@@ -383,13 +409,14 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
         param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
         eps=cfg.optim.eps,
     )
-    global_batch = cfg.data.batch_size
+    global_batch = training_batch(cfg, len(pairs), dist.world_size)
     steps = steps_per_epoch(len(pairs), global_batch, train_manifest)
     lr_at = lr_schedule(cfg, steps)
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     model_record = {"trainable_parameters": bundle.parameters.trainable, "total_parameters": bundle.parameters.total,
-                    "text_layer_choice": layer_choice}
+                    "text_layer_choice": layer_choice, "batch_size": global_batch,
+                    "few_shot": few_shot_record(cfg, index, pairs)}
     checkpoints = RunCheckpoints(paths, cfg, model, optimizer, scaler, dev, is_main=dist.is_main,
                                  train_data_sha256=sha256_file(train_manifest), model_record=model_record)
     run = checkpoints.restore() if resume else RunState()

@@ -24,8 +24,9 @@ def _positive_float(text: str) -> float:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "probe",
-        help="model-compression probe: module importance (C1, C2), layer choice, frozen-vs-dropped table",
-        description="The paper's model-compression probe (§3.5, App. A.4 and B.2; docs/method.md D22-D24).",
+        help="the paper's probes: module importance (C1, C2), layer choice, frozen-vs-dropped table, few-shot table",
+        description="The paper's model-compression probe (§3.5, App. A.4 and B.2; docs/method.md D22-D24) and "
+                    "its few-shot table (§4.5, Tables 11 and 16; D25-D27).",
     )
     sub = parser.add_subparsers(dest="probe", metavar="STEP", required=True)
 
@@ -84,6 +85,20 @@ def register(subparsers) -> None:
                              help="also write the table as an HTML page (the report shows it)")
     compression.set_defaults(func=_compression)
 
+    few_shot = sub.add_parser(
+        "few-shot", help="the few-shot runs of every method and fraction in one table, next to the paper's",
+        description="Each --methods key (clip, coop, clip_adapter, tbps_clip, simplified) is paired with the "
+                    "--metrics file (eval/test.parquet) and the --checkpoints file (train/final.pt) at the same "
+                    "position. The paper's numbers are its Tables 11 and 16 (docs/method.md#few-shot-table).")
+    few_shot.add_argument("--methods", required=True, nargs="+", metavar="METHOD")
+    few_shot.add_argument("--metrics", required=True, nargs="+", type=Path, metavar="PARQUET")
+    few_shot.add_argument("--checkpoints", required=True, nargs="+", type=Path, metavar="FINAL_PT")
+    few_shot.add_argument("--dataset", required=True, help="dataset whose test rows are collected")
+    few_shot.add_argument("--out", required=True, type=Path, help="few-shot Parquet table to write")
+    few_shot.add_argument("--html", type=Path, default=None, metavar="PATH",
+                          help="also write the table (paper | ours | delta) as an HTML page (the report shows it)")
+    few_shot.set_defaults(func=_few_shot)
+
 
 def _importance(args) -> int:
     from tbps.probe.importance import probe_importance
@@ -129,4 +144,11 @@ def _compression(args) -> int:
         _html_page(args.out, args.html, title=f"frozen vs dropped text layers: {args.dataset}",
                    note="Each preset with x text layers frozen or dropped, its trainable parameters beside the "
                         "paper's Table 17 and its test R@1 (paper Sec. 3.5; docs/method.md D24).")
+    return 0
+
+
+def _few_shot(args) -> int:
+    from tbps.few_shot import write_few_shot
+
+    write_few_shot(args.methods, args.metrics, args.checkpoints, args.out, dataset=args.dataset, html=args.html)
     return 0

@@ -13,6 +13,10 @@ Changes from vanilla CLIP, all applied by :func:`build_model`:
 4. Optional SimCLR head on the (unnormalised) projected image embedding (SS-I), and optionally a
    second one, of the same shape, on the projected text embedding (SS-T, docs/method.md D19).
 
+The few-shot table's parameter-efficient baselines (``model.peft``: CoOp's prompt context, CLIP-Adapter;
+:mod:`tbps.model.peft`) are modules of the TBPSModel next to ``clip``, and the only parameters such a
+run trains.
+
 The compression probe's text-layer changes (paper §3.5) come last: dropped text layers are deleted
 after the weights are loaded, frozen ones join the frozen patch embedding in the model's
 :class:`~tbps.model.trainable.TrainableSelection`.
@@ -42,6 +46,7 @@ from tbps.config import ModelConfig
 from tbps.errors import UserInputError
 from tbps.losses import clamped_logit_scale
 from tbps.model.checkpoint_load import LoadReport, load_pretrained
+from tbps.model.peft import PEFT_MODULES, ImageAdapter, PromptContext
 from tbps.model.text_layers import TextLayerPlan, drop_text_layers, text_depth
 from tbps.model.tiny import TINY_MODELS, register_tiny_configs
 from tbps.model.trainable import ParameterCount, TrainableSelection, apply_selection
@@ -58,13 +63,27 @@ class TBPSModel(nn.Module):
     """An open_clip ``CLIP`` (``self.clip``) plus the optional SimCLR heads; all outputs L2-normalised."""
 
     def __init__(self, clip: CLIP, *, name: str, logit_scale_max: float, simclr_hidden: int | None,
-                 text_simclr_hidden: int | None = None):
+                 text_simclr_hidden: int | None = None, prompt_context: PromptContext | None = None,
+                 image_adapter: ImageAdapter | None = None):
         super().__init__()
         self.clip = clip
         self.name = name
         self.logit_scale_max = float(logit_scale_max)
         self.simclr_head = SimCLRHead(self.embed_dim, simclr_hidden) if simclr_hidden else None
         self.text_simclr_head = SimCLRHead(self.embed_dim, text_simclr_hidden) if text_simclr_hidden else None
+        self.prompt_context = prompt_context
+        self.image_adapter = image_adapter
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """A parameter-efficient method is on: ``clip`` is frozen and stays in eval mode."""
+        return self.prompt_context is not None or self.image_adapter is not None
+
+    def train(self, mode: bool = True) -> TBPSModel:
+        super().train(mode)
+        if self.frozen_backbone:
+            self.clip.eval()
+        return self
 
     @property
     def embed_dim(self) -> int:
@@ -89,10 +108,14 @@ class TBPSModel(nn.Module):
         return clamped_logit_scale(self.clip.logit_scale, self.logit_scale_max)
 
     def encode_image(self, images: Tensor) -> Tensor:
-        return self.clip.encode_image(images, normalize=True)
+        if self.image_adapter is None:
+            return self.clip.encode_image(images, normalize=True)
+        return F.normalize(self.image_adapter(self.clip.encode_image(images, normalize=False)), dim=-1)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
-        return self.clip.encode_text(tokens, normalize=True)
+        if self.prompt_context is None:
+            return self.clip.encode_text(tokens, normalize=True)
+        return F.normalize(self.prompt_context.encode_text(self.clip, tokens), dim=-1)
 
     def simclr(self, images: Tensor) -> Tensor:
         """SimCLR head output for ``images``, L2-normalised (needs ``with_simclr_head=True``)."""
@@ -217,17 +240,38 @@ def trainable_selection(cfg: ModelConfig, plan: TextLayerPlan, *, only: tuple[st
     return TrainableSelection(frozen=frozen + plan.frozen_prefixes(), only=only)
 
 
+def peft_modules(cfg: ModelConfig, clip: CLIP) -> dict[str, nn.Module]:
+    """The parameter-efficient method's module for ``cfg.peft`` (built from the loaded ``clip``: CoOp's
+    context starts from its token embeddings), as TBPSModel keyword arguments; {} for 'none'."""
+    if cfg.peft == "coop":
+        tokenizer = open_clip.get_tokenizer(cfg.name)
+        return {"prompt_context": PromptContext.from_words(clip, tokenizer, cfg.coop_context_init)}
+    if cfg.peft == "clip_adapter":
+        return {"image_adapter": ImageAdapter(int(clip.text_projection.shape[1]), cfg.adapter_reduction,
+                                              cfg.adapter_alpha)}
+    return {}
+
+
 def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *, with_simclr_head: bool,
                    with_text_simclr_head: bool = False,
                    only: tuple[str, ...] = ()) -> tuple[TBPSModel, ParameterCount]:
     """The TBPSModel around a loaded ``clip``: text layers dropped, text attention dropout set, the
-    SimCLR heads added (image: SS-I, text: SS-T) and the trainable parameters selected (``only``: see
-    :func:`trainable_selection`)."""
+    SimCLR heads added (image: SS-I, text: SS-T), the parameter-efficient method's module added
+    (``cfg.peft``) and the trainable parameters selected (``only``: see :func:`trainable_selection`;
+    with ``cfg.peft`` only the method's module trains)."""
+    if cfg.peft != "none" and (with_simclr_head or with_text_simclr_head):
+        raise UserInputError(
+            f"model.peft={cfg.peft!r} keeps the backbone frozen and trains only its own module, so a SimCLR head "
+            f"(SS-I or SS-T) would never train. Fix: set loss.ss_i_weight and loss.ss_t_weight to 0 (the "
+            f"few-shot baselines use the plain CLIP loss, docs/method.md D25)")
     drop_text_layers(clip, plan)
     set_text_attention_dropout(clip, cfg.text_attn_dropout)
     model = TBPSModel(clip, name=cfg.name, logit_scale_max=cfg.logit_scale_max,
                       simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None,
-                      text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None)
+                      text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None,
+                      **peft_modules(cfg, clip))
+    if cfg.peft != "none":
+        only = (*only, PEFT_MODULES[cfg.peft])
     return model, apply_selection(model, trainable_selection(cfg, plan, only=only))
 
 
@@ -256,10 +300,10 @@ def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_he
     model, counts = assemble_model(clip, cfg, plan, with_simclr_head=with_simclr_head,
                                    with_text_simclr_head=with_text_simclr_head)
     log.info("built %s (%s, image %s, QuickGELU %s, text attention dropout %.3g in %d blocks, text layers frozen "
-             "%s dropped %s, %s of %s parameters trainable, SimCLR heads: image %s, text %s)", cfg.name,
+             "%s dropped %s, %s of %s parameters trainable, SimCLR heads: image %s, text %s, peft %s)", cfg.name,
              report.summary() if report else "random init", model.image_size, model_cfg["quick_gelu"],
              cfg.text_attn_dropout, len(clip.transformer.resblocks), list(plan.frozen) or "none",
              list(plan.dropped) or "none", f"{counts.trainable:,}", f"{counts.total:,}",
-             "yes" if with_simclr_head else "no", "yes" if with_text_simclr_head else "no")
+             "yes" if with_simclr_head else "no", "yes" if with_text_simclr_head else "no", cfg.peft)
     return BuiltModel(model=model, tokenizer=open_clip.get_tokenizer(cfg.name), load_report=report,
                       text_layers=plan, parameters=counts)

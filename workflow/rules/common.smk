@@ -542,3 +542,47 @@ def get_compression_checkpoints(wildcards):
 def get_compression_heatmaps(wildcards):
     experiment = get_compression(wildcards)["importance_experiment"]
     return f"results/{wildcards.dataset}/{experiment}/plots/importance.png"
+
+
+# ---------------------------------------------------------------- few-shot table
+
+
+def get_few_shot(wildcards):
+    """The dataset's `few_shot:` settings; stops with instructions when it has none."""
+    settings = DATASETS[wildcards.dataset].get("few_shot")
+    if settings is None:
+        sys.stderr.write(
+            f"\nERROR: results/{wildcards.dataset}/few_shot.parquet needs a `few_shot:` entry for "
+            f"{wildcards.dataset} in config/config.yaml (fractions, methods; see the one of `synthetic` "
+            f"or `cuhk-pedes`).\n\n"
+        )
+        sys.exit(1)
+    return settings
+
+
+def few_shot_runs(wildcards):
+    """(method, run) of every method at every fraction: `<experiment>-fs<F>`, fraction by fraction."""
+    settings = get_few_shot(wildcards)
+    return [
+        (method, f"{experiment}{FEW_SHOT_SUFFIX}{fraction:g}")
+        for fraction in settings["fractions"]
+        for method, experiment in settings["methods"].items()
+    ]
+
+
+def get_few_shot_methods(wildcards):
+    return [method for method, _ in few_shot_runs(wildcards)]
+
+
+def get_few_shot_metrics(wildcards):
+    return [
+        f"results/{wildcards.dataset}/{run}/eval/test.parquet"
+        for _, run in few_shot_runs(wildcards)
+    ]
+
+
+def get_few_shot_checkpoints(wildcards):
+    return [
+        f"results/{wildcards.dataset}/{run}/train/final.pt"
+        for _, run in few_shot_runs(wildcards)
+    ]
