@@ -158,6 +158,31 @@ def test_compression_target_plans_the_stand_in_the_probe_and_every_run(workdir):
     assert "results/synthetic-pretrain/tiny_probe_pretrain/train/final.pt" in drop2.split("output:")[0]
 
 
+def test_few_shot_target_plans_every_method_at_every_fraction_from_the_stand_in(workdir):
+    """results/synthetic/few_shot.parquet: the stand-in, then each method of the `few_shot:` entry at each
+    fraction (`<experiment>-fs<F>`), trained and evaluated, and the table that pairs them."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    few_shot = cfg["datasets"]["synthetic"]["few_shot"]
+    result = snakemake(workdir, "-n", "-p", f"--configfile={workdir / 'config.yaml'}",
+                       "results/synthetic/few_shot.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    runs = {f"{experiment}-fs{fraction:g}" for fraction in few_shot["fractions"]
+            for experiment in few_shot["methods"].values()}
+    assert len(runs) == 15 and set(few_shot["methods"]) == {"clip", "tbps_clip", "simplified", "coop", "clip_adapter"}
+    trained = set(re.findall(r"results/([a-z-]+)/([A-Za-z0-9_.-]+)/train/final\.pt", out))
+    assert trained == {("synthetic-pretrain", "tiny_probe_pretrain")} | {("synthetic", run) for run in runs}
+    evaluated = set(re.findall(r"results/synthetic/([A-Za-z0-9_.-]+)/eval/test\.parquet", out))
+    assert evaluated == runs
+    coop = next(job for job in out.split("\n\n") if "tiny_probe_coop-fs0.01/train/final.pt" in job
+                and "rule train:" in job)
+    assert "--set data.few_shot_fraction=0.01 --out results/synthetic/tiny_probe_coop-fs0.01/train" in coop
+    assert "results/synthetic-pretrain/tiny_probe_pretrain/train/final.pt" in coop.split("output:")[0]
+    shell = next(line for line in out.splitlines() if "tbps probe few-shot" in line)
+    methods = " ".join(list(few_shot["methods"]) * len(few_shot["fractions"]))
+    assert f"few-shot --methods {methods} --metrics results/synthetic/{few_shot['methods']['clip']}-fs0.01/" in shell
+
+
 def test_compression_with_the_papers_layers(workdir):
     """`layers: paper`: Table 17's ids on the command line; an x the table lacks stops with the fix."""
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
