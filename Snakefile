@@ -10,6 +10,7 @@
 #   train     shards -> fine-tuned checkpoints per experiment
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
+#   study     the paper's ablation tables (config/study.yaml) -> results/{dataset}/study.parquet
 
 from snakemake.utils import min_version
 
@@ -40,6 +41,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/study.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -36,7 +36,7 @@ rule train:
     params:
         out=get_output_folder,
         launcher=get_launcher,
-        overrides=get_few_shot_overrides,
+        overrides=get_train_overrides,
     shell:
         # --resume: a requeued or interrupted job continues from its last checkpoint.
         "{params.launcher:q} train --experiment {input.experiment:q} --train {input.train:q}"
