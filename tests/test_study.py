@@ -122,7 +122,7 @@ def test_rows_with_one_configuration_share_one_run(plans):
         "study_color_jitter_hue": ("color_jitter_hue", "color_jitter_hue_010"),
         "study_rotation": ("rotation", "rotation_150"),
     }
-    # CLIP* is in four tables and trains once.
+    # CLIP* is in five tables and trains once.
     assert plan.table_runs().count("study_clip_star") == 1
 
 
@@ -174,6 +174,26 @@ def test_stand_ins_that_would_change_a_row_are_refused(tmp_path, study, mixin, b
 def test_an_unmapped_backbone_names_the_config_key(study):
     with pytest.raises(UserInputError, match=r"backbone 'ViT-B-32', which config/config.yaml's `study: backbones:`"):
         plan_study(study, StudySettings(EXPERIMENTS, {"ViT-B-16": "_vit_b16"}))
+
+
+@pytest.mark.parametrize("choice", ["ViT-B-16", "_study_tiny_vit"])
+def test_study_backbone_trains_every_row_with_one_stand_in(study, choice):
+    """--config study_backbone=...: a backbone name (its stand-in on the dataset) or a mixin; the backbone
+    table's B/32 and B/16 rows then resolve alike and share their runs."""
+    entry = CONFIG["datasets"]["synthetic"]
+    settings = StudySettings.merged(EXPERIMENTS, CONFIG["study"], entry["study"], "synonyms", choice)
+    assert settings.backbones == {"ViT-B-32": "_study_tiny_vit", "ViT-B-16": "_study_tiny_vit"}
+    plan = plan_study(study, settings)
+    assert len(plan.runs) == DISTINCT_RUNS - 2
+    assert plan.rows["clip_b16"].run == plan.rows["clip_b32"].run == "study_clip"
+    assert plan.rows["dropout"].config.model.name == "TBPS-Tiny-ViT"
+    assert "TBPS-Tiny-ViT (trained from scratch) stands in for ViT-B/32" in plan.rows["dropout"].departures[0]
+
+
+def test_an_unknown_study_backbone_names_both_choices():
+    with pytest.raises(UserInputError, match=r"study_backbone 'ViT-L-14': neither a backbone of `study: backbones:` "
+                                             r"\(ViT-B-16, ViT-B-32\) nor a mixin of"):
+        StudySettings.merged(EXPERIMENTS, CONFIG["study"], None, "synonyms", "ViT-L-14")
 
 
 # --------------------------------------------------------------------------- the study table

@@ -56,10 +56,22 @@ class StudySettings:
 
     @classmethod
     def merged(cls, experiments_dir: str | Path, common: dict, per_dataset: dict | None,
-               augment_backend: str) -> StudySettings:
-        """The top-level ``study:`` settings with a dataset's own ``study:`` over them (backbones key by key)."""
+               augment_backend: str, every_row_on: str | None = None) -> StudySettings:
+        """The top-level ``study:`` settings with a dataset's own ``study:`` over them (backbones key by key).
+
+        ``every_row_on`` (config/config.yaml's ``study_backbone``, e.g. ``--config study_backbone=ViT-B-16``)
+        trains every row with one stand-in: a backbone name of the merged mapping (its mixin on this
+        dataset), else the name of a mixin of ``experiments_dir``."""
         per_dataset = per_dataset or {}
         backbones = {**common.get("backbones", {}), **per_dataset.get("backbones", {})}
+        if every_row_on:
+            mixin = backbones.get(every_row_on, every_row_on)
+            if not (Path(experiments_dir) / f"{mixin}.yaml").is_file():
+                raise UserInputError(
+                    f"study_backbone {every_row_on!r}: neither a backbone of `study: backbones:` "
+                    f"({', '.join(sorted(backbones))}) nor a mixin of {experiments_dir}. Fix: name one of them, "
+                    "e.g. --config study_backbone=ViT-B-16 (or a mixin such as _study_tiny_vit)")
+            backbones = dict.fromkeys(backbones, mixin)
         schedule = per_dataset["schedule"] if "schedule" in per_dataset else common.get("schedule")
         scale = per_dataset.get("batch_scale", common.get("batch_scale", 1.0))
         return cls(Path(experiments_dir), backbones, schedule, float(scale), augment_backend)

@@ -135,15 +135,22 @@ def is_study_run(run):
 
 
 def study_settings(dataset):
-    """config.yaml's `study:` stand-ins, with the dataset's own `study:` over them."""
+    """config.yaml's `study:` stand-ins, with the dataset's own `study:` over them (and every
+    row on `study_backbone` when that is set)."""
+    from tbps.errors import UserInputError
     from tbps.study.plan import StudySettings
 
-    return StudySettings.merged(
-        config["experiments_dir"],
-        config["study"],
-        DATASETS[dataset].get("study"),
-        DATASETS[dataset]["augment_backend"],
-    )
+    try:
+        return StudySettings.merged(
+            config["experiments_dir"],
+            config["study"],
+            DATASETS[dataset].get("study"),
+            DATASETS[dataset]["augment_backend"],
+            config.get("study_backbone"),
+        )
+    except UserInputError as e:
+        sys.stderr.write(f"\nERROR: the study on {dataset}: {e}\n\n")
+        sys.exit(1)
 
 
 _STUDY_PLANS = {}
