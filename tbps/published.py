@@ -276,7 +276,7 @@ def _merge_ablation(row: str) -> Published | None:
     if not printed:
         return None
     values: dict[str, float] = {}
-    for table, (_, text) in printed:
+    for _table, (_, text) in printed:
         for metric, value in zip(("R1", "R5", "R10", "mAP"), parse_values(text), strict=True):
             if value is None:
                 continue
