@@ -5,6 +5,7 @@ what reruns."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from helpers.workflow_runs import (
     REPO,
+    REPORT_VARIABLES,
     SMOKE_OVERLAY,
     copy_run,
     make_run_folder,
@@ -162,6 +164,20 @@ def test_tbps_study_show_prints_the_built_study(finished_study):
     # No paper R@1 for synthetic: ours, then the paper's gain over CLIP on CUHK-PEDES beside ours.
     assert any(line.split()[:2] == ["CLIP*", "CLIP"] and line.split()[5] == "+3.67" for line in out.splitlines())
     assert out.endswith(f"rows: {len(T2I_ROWS)} done\n")
+
+
+def test_the_report_of_the_study_has_each_tables_page_and_chart(finished_study, tmp_path):
+    out = tmp_path / "report.html"
+    snakemake(finished_study, STUDY, "--report", str(out))
+    found = {name: json.loads(value) for name, value in REPORT_VARIABLES.findall(out.read_text())}
+    study = {path: item for path, item in found["results"].items()
+             if path == STUDY or path.startswith("results/synthetic/study/")}
+    assert set(study) == {STUDY} | {f"results/synthetic/study/{table}.{kind}" for table in SMOKE_TABLES
+                                    for kind in ("html", "png")}
+    assert "Study" in found["categories"]
+    losses = study["results/synthetic/study/losses.html"]
+    assert losses["mime_type"] == "text/html" and "Table ``" not in losses["caption"]
+    assert "losses" in losses["caption"] and "side by side with the paper" in losses["caption"]
 
 
 def test_a_finished_study_plans_nothing_here_and_after_a_move(finished_study, tmp_path):
