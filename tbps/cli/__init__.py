@@ -32,6 +32,8 @@ STAGES = [
     "collect",
     "plots",
     "study",
+    "index",
+    "probe",
     "search",
     "env",
 ]

@@ -3,7 +3,7 @@
 #
 # A row's run is results/{dataset}/study_<id>/, trained and evaluated by the train and evaluate
 # rules like any experiment: the train rule reads the row's root preset and gets the row's
-# differences from it as `--set` overrides (get_experiment_file, get_train_overrides in
+# differences from it as `--set` overrides (get_experiment_file, get_run_overrides in
 # common.smk). Rows that resolve to the same configuration share one run, so each distinct
 # experiment trains once however many tables list it. README, "The paper's study".
 
