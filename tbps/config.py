@@ -584,6 +584,13 @@ def _experiment_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Pat
     return chain + [(path, data)]
 
 
+def experiment_file_settings(path: str | Path) -> list[tuple[Path, dict]]:
+    """The differences an experiment file makes, as (file, differences) pairs in the order they apply: its
+    ``inherit`` parents first, then the file itself (without the ``inherit`` key). For applying a mixin
+    (e.g. ``_tiny``) on top of another configuration: ``apply_overrides(cfg, data, str(file))`` for each."""
+    return _experiment_chain(Path(path))
+
+
 def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Load an experiment file: differences from the defaults, on top of its ``inherit`` parents
     (a name or a list of names of sibling files, applied in order)."""
