@@ -12,12 +12,11 @@ per-epoch validation and the GPU check run) need only torch and numpy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
