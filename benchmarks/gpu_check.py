@@ -25,9 +25,10 @@ own JSON and its log there. The parts:
 8. ``e2e``: ``python -m tbps train`` (a non-tiny experiment for a few hundred steps, then resumed
    to more steps), ``evaluate`` in fp32 and bf16, ``plots training``, ``collect``.
 
-Parts 1-4, 6 and 7 run with polars and snakemake made unimportable (the GPU machine has neither);
-parts 5 and 8 are the project's own stages, which write Parquet with polars, and are skipped (said so)
-where polars is missing. Snakemake is never used: part 8 is the workflow's command sequence.
+Parts 1-4, 6 and 7 run with polars, snakemake, nltk, spacy, nlpaug and transformers made unimportable
+(the GPU machine has none of them); parts 5 and 8 are the project's own stages, which write Parquet with
+polars (carried as a wheel), and are skipped (said so) where polars is missing; they too run without the
+others. Snakemake is never used: part 8 is the workflow's command sequence.
 Parts that need CUDA for a figure say "skipped: no CUDA" on a CPU rather than give a number.
 This script imports nothing outside the standard library.
 """
@@ -48,23 +49,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 EXPERIMENTS = ROOT / "config" / "experiments"
-FORBIDDEN = ("polars", "snakemake")
+# Not on the GPU machine (nor carried): the measuring parts must not import them.
+ABSENT = ("snakemake", "nltk", "spacy", "nlpaug", "transformers")
+FORBIDDEN = ("polars", *ABSENT)
+"""What the measuring parts run without; the pipeline stages (parts data and e2e) get polars, which is carried."""
 PARTS = ("sanity", "train", "exactness", "eval", "data", "loader", "eval-split", "e2e")
 # Paper's CUHK-PEDES schedule (docs/method.md#schedule): 5 epochs of floor(68,126 / 320) = 212 steps.
 CUHK_STEPS = 1_060
 
-# Runs `python -c BLOCKER script args...`: the script as __main__, with the forbidden modules unimportable.
+# Runs `python -c BLOCKER NAMES script args...` (or `... NAMES -m module args...`) as __main__, with the
+# modules NAMES unimportable, as on the GPU machine (DataLoader workers fork and inherit it).
 BLOCKER = (
-    "import runpy, sys\n"
+    "import os, runpy, sys\n"
     "FORBIDDEN = set(sys.argv[1].split(','))\n"
     "class Forbid:\n"
     "    def find_spec(self, name, path=None, target=None):\n"
     "        if name.split('.')[0] in FORBIDDEN:\n"
     "            raise ModuleNotFoundError(f'{name} is not installed on the GPU machine (benchmarks/gpu_check.py)')\n"
     "sys.meta_path.insert(0, Forbid())\n"
-    "sys.argv = sys.argv[2:]\n"
-    "sys.path.insert(0, __import__('os').path.dirname(sys.argv[0]))\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "if sys.argv[2] == '-m':\n"
+    "    sys.argv = [sys.argv[3], *sys.argv[4:]]\n"
+    "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+    "else:\n"
+    "    sys.argv = sys.argv[2:]\n"
+    "    sys.path.insert(0, os.path.dirname(sys.argv[0]))\n"
+    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
 
 SIZES = {
@@ -88,7 +97,8 @@ SIZES = {
         "presets": ("tiny_tbps_clip_simplified", "tiny_tbps_clip"), "overrides": (),
         # A simulated OOM above 8 rows makes batch 16 need the gradient cache, as 320 does on a GPU.
         "sweep_batches": "16,8", "target": 16, "steps": 1, "warmup": 1, "oom_above": 8,
-        "exact": {"experiment": "tiny_tbps_clip", "batch": 8, "chunk": 4},
+        # The tiny ViT: the tiny ResNet's BatchNorm takes statistics per chunk, so chunking changes its gradients.
+        "exact": {"experiment": "tiny_tbps_clip", "batch": 8, "chunk": 4, "set": ["model.name=TBPS-Tiny-ViT"]},
         "eval_experiment": "tiny_tbps_clip", "eval_batch": 32, "eval_batches": 2, "ranking_size": 2_000,
         "synth_ids": 24, "synth_extra": ["--val-ids", "6", "--test-ids", "6"], "shard_samples": 48, "workers": 1,
         "e2e": {"experiment": "tiny_tbps_clip_simplified", "steps": 3, "first": 2, "batch": 16, "epochs": 2},
@@ -121,7 +131,7 @@ class Check:
         log = self.out / f"{log_name or part}.log"
         if cap < 5:
             return {"status": "skipped: time budget spent", "argv": argv}
-        command = [sys.executable, "-c", BLOCKER, ",".join(FORBIDDEN), *argv] if forbid else [sys.executable, *argv]
+        command = [sys.executable, "-c", BLOCKER, ",".join(FORBIDDEN if forbid else ABSENT), *argv]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         start = time.monotonic()
@@ -191,7 +201,7 @@ class Check:
         argv = [str(BENCH / "exactness.py"), "--experiment", str(EXPERIMENTS / f"{e['experiment']}.yaml"),
                 "--batch", str(e["batch"]), "--chunk", str(e["chunk"]), "--device", self.bench_device(),
                 "--out", str(self.out / "exactness.json")]
-        for override in self.size["overrides"]:
+        for override in [*self.size["overrides"], *e.get("set", [])]:
             argv += ["--set", override]
         return {**self.run("exactness", argv), "data": self.load("exactness")}
 
