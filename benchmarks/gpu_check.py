@@ -54,7 +54,7 @@ ABSENT = ("snakemake", "nltk", "spacy", "nlpaug", "transformers")
 FORBIDDEN = ("polars", *ABSENT)
 """What the measuring parts run without; the pipeline stages (parts data and e2e) get polars, which is carried."""
 PARTS = ("sanity", "train", "exactness", "eval", "data", "loader", "eval-split", "e2e")
-# Paper's CUHK-PEDES schedule (docs/method.md#schedule): 5 epochs of floor(68,126 / 320) = 212 steps.
+# Paper's CUHK-PEDES schedule (docs/method.md#optimisation): 5 epochs of floor(68,126 / 320) = 212 steps.
 CUHK_STEPS = 1_060
 
 # Runs `python -c BLOCKER NAMES script args...` (or `... NAMES -m module args...`) as __main__, with the
