@@ -9,7 +9,9 @@
 #   shards    prepared table + images -> WebDataset shards per split, with a manifest
 #   train     shards -> fine-tuned checkpoints per experiment
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
+#   search    checkpoint + test shards -> a gallery index and a demo search page for the report
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
+#   probes    the paper's compression probe: module importance, frozen vs dropped text layers
 
 from snakemake.utils import min_version
 
@@ -30,7 +32,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="train|val|test",
-    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+)?",
+    experiment=r"[A-Za-z0-9_]+(-fs[0-9.]+|-freeze[0-9]+|-drop[0-9]+)?",
     index=r"\d{6}",
 
 
@@ -39,7 +41,9 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/probes.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -1,6 +1,6 @@
 """Benchmark: shard writing and shard vs image-folder loading (prints figures, asserts nothing).
 
-    .venv/bin/python benchmarks/shards.py [--images 20000] [--measure 4000] [--workdir DIR]
+    .venv/bin/python benchmarks/shards.py [--images 20000] [--measure 4000] [--workdir DIR] [--write-only]
 
 1. Generates a synthetic-like raw dataset (person-sized JPEG/PNG crops with smooth
    shapes, 2 captions per image) and its annotations.parquet, with PIL.
@@ -226,6 +226,10 @@ def bench_write(raw, annotations, out, n, **kw) -> None:
     label = "re-encode 224x224 jpg q90" if kw else "original bytes (keep)"
     print(f"write {label:26s}: {n / m.cpu:7.0f} samples/CPU-s (per core) | {n / m.wall:7.0f} samples/s wall | "
           f"{manifest['num_shards']} shards, {_mib(manifest['total_bytes'])}, peak PSS {_mib(m.peak)}", flush=True)
+    if not kw:
+        image_bytes = sum(p.stat().st_size for p in (raw / "imgs").iterdir())
+        print(f"  shard bytes / image bytes {manifest['total_bytes'] / image_bytes:.3f}; beyond the images "
+              f"{(manifest['total_bytes'] - image_bytes) / n:.0f} bytes per sample", flush=True)
 
 
 def _time_loader(loader, limit: int) -> tuple[Meter, int]:
@@ -268,6 +272,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--measure", type=int, default=4000, help="images timed per loader run")
     parser.add_argument("--workdir", default=None, help="keep the data here (default: a temp dir, removed)")
+    parser.add_argument("--write-only", action="store_true", help="measure writing (and the shard sizes) only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core per loader worker, as in training
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tbps-bench-shards-"))
@@ -281,6 +286,8 @@ def main(argv=None) -> int:
               f"in {time.perf_counter() - t:.1f} s", flush=True)
         bench_write(raw, annotations, root / "shards_keep", args.images)
         bench_write(raw, annotations, root / "shards_224", args.images, image_size=(224, 224), image_format="jpg")
+        if args.write_only:
+            return 0
         records = json.loads(data_json.read_text())
         transform, note = train_transform()
         print(f"train transform: {note}")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tbps.datasets import DATASET_KEYS
+from tbps.datasets import DATASET_KEYS, is_dataset_key
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import read_parquet_checked, write_parquet_atomic
 from tbps.provenance import FIELDS as ENVIRONMENT_FIELDS
@@ -147,9 +147,9 @@ def parse_experiment(name: str, *, where: Path | str) -> tuple[str, str | None]:
     if "@" not in name:
         return name, None
     experiment, _, train_dataset = name.partition("@")
-    if not experiment or "@" in train_dataset or train_dataset not in DATASET_KEYS:
+    if not experiment or "@" in train_dataset or not is_dataset_key(train_dataset):
         raise input_error(where, f"experiment {name!r} is not of the form <experiment>@<train dataset>",
-                          f"name cross-dataset runs <experiment>@<one of {', '.join(DATASET_KEYS)}>")
+                          f"name cross-dataset runs <experiment>@<one of {', '.join(DATASET_KEYS)} or synthetic-<name>>")
     return experiment, train_dataset
 
 
@@ -177,7 +177,7 @@ def val_curve_owner(path: Path) -> tuple[str, str]:
     """(dataset, experiment) of ``results/{dataset}/{experiment}/train/val_curve.parquet``."""
     train_dir = path.parent
     dataset, experiment = train_dir.parent.parent.name, train_dir.parent.name
-    if train_dir.name != "train" or dataset not in DATASET_KEYS or not experiment:
+    if train_dir.name != "train" or not is_dataset_key(dataset) or not experiment:
         raise input_error(path, "cannot tell the dataset and experiment from the path",
                           "pass validation curves at results/{dataset}/{experiment}/train/val_curve.parquet")
     return dataset, experiment

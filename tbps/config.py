@@ -1,6 +1,6 @@
 """Typed experiment configuration.
 
-The defaults below are the TBPS-CLIP recipe (full preset, spec §4-§7). An
+The defaults below are the TBPS-CLIP recipe (full preset, docs/method.md). An
 experiment file in ``config/experiments/`` holds only what differs from them,
 optionally on top of another experiment (``inherit: NAME``). The resolved
 configuration is saved next to every checkpoint and hashed into every metrics
@@ -72,11 +72,29 @@ PROBABILITY = {"ge": 0.0, "le": 1.0}
 
 
 @dataclass
+class ImportanceChoice:
+    """Text layers chosen from a measured module-importance table (paper §3.5; docs/method.md D24).
+
+    Training replaces this request by the chosen ids (``model.freeze_text_layers`` or
+    ``model.drop_text_layers``) before it builds the model, so the saved configuration names the
+    layers and a trained model never needs the table again.
+    """
+
+    table: str | None = None
+    """importance.parquet written by `tbps probe importance`; null = no layers chosen this way."""
+    x: int = _ranged(0, ge=0)
+    """How many text layers: the x whose summed whole-layer C1 + C2 is smallest."""
+    mode: str = _ranged("freeze", choices=("freeze", "drop"))
+    """'freeze' keeps the chosen layers at their initial weights; 'drop' removes them."""
+
+
+@dataclass
 class ModelConfig:
     name: str = "ViT-B-16"
     """open_clip model name; ``TBPS-*`` names are the small CPU models registered by tbps."""
     pretrained: str | None = "openai"
-    """open_clip pretrained tag (uses its cache), a local checkpoint file, or null for random init."""
+    """open_clip pretrained tag (uses its cache), a local weights file, a `tbps train` final.pt of the same
+    architecture (a model of ours standing in for pre-trained CLIP), or null for random init."""
     image_size: tuple[int, int] = _ranged((224, 224), ge=1)
     """Input (height, width). 224x224 is the official recipe; 384x128 interpolates position embeddings."""
     text_attn_dropout: float = _ranged(0.05, **PROBABILITY)
@@ -90,6 +108,13 @@ class ModelConfig:
     simclr_head_dim: int = _ranged(128, ge=1)
     """Hidden width of the SimCLR heads (512->128->512 in the recipe); the image head is built only when SS-I
     is on, the text head (same shape) only when SS-T is on."""
+    freeze_text_layers: tuple[int, ...] = _ranged((), ge=1)
+    """Text layers kept at their initial weights (1-based: 1 = the layer next to the token embedding;
+    paper §3.5, Table 17). Ids above the model's text depth are refused when the model is built."""
+    drop_text_layers: tuple[int, ...] = _ranged((), ge=1)
+    """Text layers removed from the model: from the forward pass and the checkpoint (1-based)."""
+    compress_from_importance: ImportanceChoice = field(default_factory=ImportanceChoice)
+    """Choose the frozen or dropped text layers from a measured importance table instead of listing them."""
 
 
 @dataclass

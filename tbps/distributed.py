@@ -1,4 +1,4 @@
-"""Process-group set-up and the all-gather used by the contrastive losses (spec §6, "GlobalGrad").
+"""Process-group set-up and the all-gather used by the contrastive losses (docs/method.md#globalgrad).
 
 Every loss in :mod:`tbps.losses` sees the *local* rows of the batch (b = B / P per process) and the
 *gathered* columns (all B samples). Two gathers exist:

@@ -1,10 +1,9 @@
 """Evaluation stage: encode a split's captions and images, rank, write metrics and examples.
 
-The protocol is the faithful one (spec §2.3, §8): every caption is a query, every
-image is in the gallery, relevance = same person id; eval mode, fp32 (or bf16 autocast
-with ``eval.precision``), cleaned (not augmented) captions, the eval image transform.
-Text->image is the reported direction; image->text (images as queries over the captions)
-is stored beside it.
+The protocol is the faithful one (docs/method.md#test-protocol, #retrieval-metrics): every caption is a query,
+every image is in the gallery, relevance = same person id; eval mode, fp32 (or bf16 autocast with
+``eval.precision``), cleaned (not augmented) captions, the eval image transform. Text->image is the
+reported direction; image->text (images as queries over the captions) is stored beside it.
 
 polars is imported only where a table is written, so encoding and scoring (what training's
 per-epoch validation and the GPU check run) need only torch and numpy.
@@ -30,7 +29,7 @@ from tbps.data.transforms import eval_transform
 from tbps.device import resolve_device
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic
-from tbps.metrics import retrieval_metrics, topk_indices
+from tbps.metrics import QueryRanks, rank_queries_by_features, similarity_rows, summarise, topk_indices
 from tbps.progress import progress
 from tbps.provenance import environment
 from tbps.shards.reader import load_manifest, open_shards
@@ -63,6 +62,8 @@ class EvalResult:
     num_queries: dict[str, int]
     num_gallery: dict[str, int]
     encoded: Encoded | None = field(default=None, repr=False)
+    ranks: dict[str, QueryRanks] = field(default_factory=dict, repr=False)
+    """direction -> per-query ranks (the t2i first-positive ranks pick the examples' worst failures)."""
 
 
 class _EvalImages(torch.utils.data.IterableDataset):
@@ -126,16 +127,23 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
 
 
 def score(encoded: Encoded, query_chunk: int = 1024) -> EvalResult:
-    t2i = encoded.text_features @ encoded.image_features.t()
-    metrics = {
-        "t2i": retrieval_metrics(t2i, encoded.text_ids, encoded.image_ids, query_chunk=query_chunk),
-        "i2t": retrieval_metrics(t2i.t(), encoded.image_ids, encoded.text_ids, query_chunk=query_chunk),
+    """Both directions ranked from the features, one chunk of the similarity matrix at a time.
+
+    Memory beyond the features is O(query_chunk x gallery) whatever the split's size
+    (benchmarks/evaluate.py); the numbers are those of the full caption x image matrix.
+    """
+    ranks = {
+        "t2i": rank_queries_by_features(encoded.text_features, encoded.image_features, encoded.text_ids,
+                                        encoded.image_ids, query_chunk=query_chunk),
+        "i2t": rank_queries_by_features(encoded.image_features, encoded.text_features, encoded.image_ids,
+                                        encoded.text_ids, query_chunk=query_chunk),
     }
     return EvalResult(
-        metrics,
+        {direction: summarise(r) for direction, r in ranks.items()},
         num_queries={"t2i": len(encoded.text_ids), "i2t": len(encoded.image_ids)},
         num_gallery={"t2i": len(encoded.image_ids), "i2t": len(encoded.text_ids)},
         encoded=encoded,
+        ranks=ranks,
     )
 
 
@@ -148,28 +156,40 @@ def evaluate_model(model, tokenizer, manifest: Path, cfg: ExperimentConfig, devi
     return score(encoded, cfg.eval.query_chunk)
 
 
-def retrieval_examples(encoded: Encoded, *, num_queries: int = 12, num_failures: int = 12,
-                       k: int = EXAMPLES_TOP_K, seed: int = 0) -> pl.DataFrame:
-    """Top-k images for a seeded sample of queries plus the worst failures (lowest-ranked first positive)."""
+def retrieval_examples(encoded: Encoded, *, first_positive_rank: torch.Tensor | np.ndarray | None = None,
+                       num_queries: int = 12, num_failures: int = 12, k: int = EXAMPLES_TOP_K, seed: int = 0,
+                       query_chunk: int = 1024) -> pl.DataFrame:
+    """Top-k images for a seeded sample of queries plus the worst failures (lowest-ranked first positive).
+
+    ``first_positive_rank``: each caption's rank of its first correct image (``score(...).ranks["t2i"]
+    .first_positive``); ranked here, chunk by chunk, when not given. Ties follow the metrics' rule
+    (lower gallery index first). Only the shown queries' similarity rows are computed, so memory is
+    that of one ranking chunk.
+    """
     import polars as pl
 
-    sim = encoded.text_features @ encoded.image_features.t()
-    top = topk_indices(sim, k).numpy()
-    positive = encoded.image_ids[None, :] == encoded.text_ids[:, None]
-    best_positive = np.where(positive, sim.numpy(), -np.inf).max(axis=1)
-    first_rank = (sim.numpy() > best_positive[:, None]).sum(axis=1) + 1
+    if first_positive_rank is None:
+        first_positive_rank = rank_queries_by_features(
+            encoded.text_features, encoded.image_features, encoded.text_ids, encoded.image_ids,
+            query_chunk=query_chunk).first_positive
+    first_rank = np.asarray(first_positive_rank)
     rng = np.random.default_rng(seed)
     sampled = rng.choice(len(encoded.captions), size=min(num_queries, len(encoded.captions)), replace=False)
     failures = np.argsort(-first_rank, kind="stable")[:num_failures]
+    shown = np.unique(np.concatenate([sampled, failures]))
+    sim = similarity_rows(encoded.text_features, encoded.image_features, shown).cpu()
+    top = topk_indices(sim, k).numpy()
+    row_of = {int(q): i for i, q in enumerate(shown)}
     rows = []
     for kind, queries in (("sample", sampled), ("worst", failures)):
         for q in queries:
-            for rank, g in enumerate(top[q], start=1):
+            r = row_of[int(q)]
+            for rank, g in enumerate(top[r], start=1):
                 rows.append({"kind": kind, "query": int(q), "caption": encoded.captions[q],
                              "query_person_id": int(encoded.text_ids[q]), "first_positive_rank": int(first_rank[q]),
                              "rank": rank, "image_path": encoded.image_paths[g],
                              "person_id": int(encoded.image_ids[g]), "correct": bool(encoded.image_ids[g] == encoded.text_ids[q]),
-                             "score": float(sim[q, g])})
+                             "score": float(sim[r, g])})
     return pl.DataFrame(rows)
 
 
@@ -224,5 +244,6 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
              result.num_queries["t2i"], result.num_gallery["t2i"], t2i["R1"], t2i["R5"], t2i["R10"], t2i["mAP"],
              t2i["mINP"])
     if examples_out is not None:
-        write_parquet_atomic(retrieval_examples(result.encoded), examples_out)
+        examples = retrieval_examples(result.encoded, first_positive_rank=result.ranks["t2i"].first_positive)
+        write_parquet_atomic(examples, examples_out)
     return table

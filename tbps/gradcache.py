@@ -1,7 +1,7 @@
 """Exact big batches on one device by gradient caching.
 
 Contrastive losses need every negative of the step at once, so gradient
-accumulation over micro-batches is not equivalent (spec §6). Gradient caching
+accumulation over micro-batches is not equivalent (docs/method.md#globalgrad). Gradient caching
 is: embed the batch chunk by chunk without graphs, compute the loss on the
 full batch of embeddings (as detached leaves), backpropagate it to the
 embeddings only, then re-embed each chunk with a graph and push the cached

@@ -1,4 +1,4 @@
-"""TBPS-CLIP losses (spec §6) as pure functions of tensors and explicit numbers.
+"""TBPS-CLIP losses (docs/method.md#losses) as pure functions of tensors and explicit numbers.
 
 Conventions shared by every function:
 
@@ -34,7 +34,7 @@ def _at_least_fp32(x: Tensor) -> Tensor:
 
 
 def clamped_logit_scale(theta: Tensor, max_scale: float = 100.0) -> Tensor:
-    """s = min(exp θ, max_scale) in value; dL/dθ = s·∂L/∂s at every θ (spec §5.3).
+    """s = min(exp θ, max_scale) in value; dL/dθ = s·∂L/∂s at every θ (docs/method.md#logit-scale).
 
     This is what the official implementation's in-place clamp of ``exp(θ).data`` does: the exp
     backward multiplies by its (clamped) output, so θ is never clipped and keeps a gradient above
@@ -235,7 +235,7 @@ def combine_losses(
     ss_t_weight: float,
     c_weight: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss from the per-term values (spec §6 "Total loss").
+    """Total loss from the per-term values (docs/method.md#total-loss).
 
     ``n_itc_main`` is N-ITC(V,T) (or the plain CLIP loss). The multi-view terms ``n_itc_mvs``
     (MVS-I: N-ITC(Ṽ,T)), ``n_itc_mvs_t`` (MVS-T: N-ITC(V,T̃)) and ``n_itc_mvs_it`` (MVS-IT:

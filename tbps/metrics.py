@@ -1,6 +1,6 @@
 """Exact retrieval metrics (R@K, mAP, mINP) at any gallery size with bounded memory.
 
-Definitions follow spec §8: for each query the gallery is ranked by similarity,
+Definitions follow docs/method.md#retrieval-metrics: for each query the gallery is ranked by similarity,
 descending; m_q(k) = 1 when the item at rank k shares the query's id and
 n_q = sum_k m_q(k) >= 1.
 
@@ -26,23 +26,51 @@ O(query_chunk x G): measured ~13-16 bytes x query_chunk x G at the peak for
 float32 scores (benchmarks/eval_ranking.py), against ~12 GB for a full argsort at
 ICFG size.
 
-**Directions.** Text->image (the reported direction) passes the caption x image
-similarity with caption ids and image ids. Image->text is the same call with the
-transposed matrix (``similarity.T``; no copy is made beyond one chunk) and the
-id vectors swapped.
+**From features.** The matrix itself is Q x G floats (1.5 GiB at ICFG size, 37 GiB at
+100k x 100k). :func:`retrieval_metrics_from_features` and :func:`rank_queries_by_features`
+take the query and gallery features instead and compute each chunk's rows of the product
+when ranking it, so nothing larger than a chunk exists; the scores are the same bits as one
+full product (:func:`similarity_rows`), so are the metrics.
+
+**Directions.** Text->image (the reported direction) ranks the images for every caption
+(caption features and ids as the queries). Image->text is the same call with the roles
+swapped; with a matrix, pass ``similarity.T`` (no copy is made beyond one chunk).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["retrieval_metrics", "topk_indices"]
+__all__ = [
+    "QueryRanks",
+    "rank_queries",
+    "rank_queries_by_features",
+    "retrieval_metrics",
+    "retrieval_metrics_from_features",
+    "similarity_rows",
+    "similarity_topk",
+    "summarise",
+    "topk_indices",
+]
 
 ArrayLike = torch.Tensor | np.ndarray
+
+
+@dataclass(frozen=True)
+class QueryRanks:
+    """Per-query outcome of ranking a gallery: what every metric (and the examples) is made of."""
+
+    first_positive: torch.Tensor
+    """Q int64: 1-based rank of each query's best-ranked positive (R@K counts first_positive <= K)."""
+    average_precision: torch.Tensor
+    """Q float64: AP_q in [0, 1]."""
+    inverse_negative_penalty: torch.Tensor
+    """Q float64: INP_q in (0, 1]."""
 
 
 def retrieval_metrics(
@@ -77,14 +105,140 @@ def retrieval_metrics(
             many queries (and which) have none, and the caller must fix the ids or
             the gallery.
 
-    Ties are ranked by gallery index (see the module docstring).
+    Ties are ranked by gallery index (see the module docstring). Without the matrix in
+    memory: :func:`retrieval_metrics_from_features`.
     """
+    ks = _check_ks(ks)
+    return summarise(rank_queries(similarity, query_ids, gallery_ids, query_chunk=query_chunk), ks)
+
+
+def retrieval_metrics_from_features(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_ids: ArrayLike | Sequence[int],
+    gallery_ids: ArrayLike | Sequence[int],
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    query_chunk: int = 1024,
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` of ``queries @ gallery.T``, never holding more than a chunk of it.
+
+    The same numbers as ``retrieval_metrics(queries @ gallery.T, ...)`` (see
+    :func:`similarity_rows` for why the scores are the same bits); memory O(query_chunk x G)
+    on top of the features.
+    """
+    ks = _check_ks(ks)
+    ranks = rank_queries_by_features(queries, gallery, query_ids, gallery_ids, query_chunk=query_chunk)
+    return summarise(ranks, ks)
+
+
+def summarise(ranks: QueryRanks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@K, mAP and mINP in percent from per-query ranks (one ``R{K}`` per K, then mAP and mINP)."""
+    ks = _check_ks(ks)
+    num_q = ranks.first_positive.numel()
+    result = {f"R{k}": 100.0 * int((ranks.first_positive <= k).sum()) / num_q for k in ks}
+    # fsum over the per-query values: the result does not depend on how queries were chunked.
+    result["mAP"] = 100.0 * math.fsum(ranks.average_precision.tolist()) / num_q
+    result["mINP"] = 100.0 * math.fsum(ranks.inverse_negative_penalty.tolist()) / num_q
+    return result
+
+
+def rank_queries(
+    similarity: ArrayLike,
+    query_ids: ArrayLike | Sequence[int],
+    gallery_ids: ArrayLike | Sequence[int],
+    *,
+    query_chunk: int = 1024,
+) -> QueryRanks:
+    """Per-query ranks of a Q x G similarity matrix (arguments and errors as :func:`retrieval_metrics`)."""
     sim, work_dtype = _check_similarity(similarity)
     num_q, num_g = sim.shape
     device = sim.device if isinstance(sim, torch.Tensor) else torch.device("cpu")
+    return _rank_chunks(lambda start, stop: _chunk_rows(sim, start, stop, work_dtype, device),
+                        num_q, num_g, query_ids, gallery_ids, query_chunk, device)
+
+
+def rank_queries_by_features(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_ids: ArrayLike | Sequence[int],
+    gallery_ids: ArrayLike | Sequence[int],
+    *,
+    query_chunk: int = 1024,
+) -> QueryRanks:
+    """Per-query ranks of ``queries @ gallery.T``, each chunk of rows computed when it is ranked.
+
+    ``queries`` (Q x D) and ``gallery`` (G x D) are feature rows; the work happens on the
+    gallery's device, in float32 (float64 if either is float64).
+    """
+    dtype = _check_features(queries, gallery)
+    gallery = gallery.to(dtype)
+    return _rank_chunks(lambda start, stop: similarity_rows(queries, gallery, slice(start, stop)),
+                        queries.shape[0], gallery.shape[0], query_ids, gallery_ids, query_chunk, gallery.device)
+
+
+def similarity_rows(queries: torch.Tensor, gallery: torch.Tensor, rows: slice | Sequence[int] | torch.Tensor
+                    ) -> torch.Tensor:
+    """The given rows of ``queries @ gallery.T`` (float32, or float64 if either input is), on the gallery's device.
+
+    The same bits as those rows of the full product: BLAS libraries pick another kernel for
+    products of very few rows (MKL: fewer than 12, measured), which rounds differently, so a
+    short request is computed within a product of at least ``_MIN_PRODUCT_ROWS`` query rows
+    (or all of them) and cut out. Ranking in chunks, or scoring a handful of example queries,
+    then gives exactly the numbers of one full product.
+    """
+    dtype = _check_features(queries, gallery)
+    gallery = gallery.to(dtype)
+    num_q = queries.shape[0]
+    wanted = min(_MIN_PRODUCT_ROWS, num_q)
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(num_q)
+        if step != 1:
+            raise ValueError(f"rows must be a contiguous slice, got step {step}")
+        low = max(0, min(start, stop - wanted))
+        high = max(stop, low + wanted)
+        block = queries[low:high].to(device=gallery.device, dtype=dtype) @ gallery.t()
+        return block[start - low : stop - low]
+    index = torch.as_tensor(rows, dtype=torch.int64).flatten().cpu()
+    if index.numel() and (int(index.min()) < -num_q or int(index.max()) >= num_q):
+        raise ValueError(f"rows must index the {num_q} queries")
+    index = index % max(num_q, 1)
+    padding = torch.ones(num_q, dtype=torch.bool)
+    padding[index] = False
+    padding = padding.nonzero().flatten()[: max(0, wanted - index.numel())]
+    block = queries[torch.cat([index, padding])].to(device=gallery.device, dtype=dtype) @ gallery.t()
+    return block[: index.numel()]
+
+
+_MIN_PRODUCT_ROWS = 64
+"""Fewest query rows per matrix product in :func:`similarity_rows` (MKL changes kernels below 12)."""
+
+
+def _check_features(queries: torch.Tensor, gallery: torch.Tensor) -> torch.dtype:
+    """The dtype to compute ``queries @ gallery.T`` in; an error for anything but two Q x D, G x D float tensors."""
+    if not isinstance(queries, torch.Tensor) or not isinstance(gallery, torch.Tensor):
+        raise ValueError("queries and gallery must be torch tensors of features")
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"expected Q x D and G x D features, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
+    if queries.shape[0] == 0 or gallery.shape[0] == 0:
+        raise ValueError(f"need at least one query and one gallery item, got {queries.shape[0]} and {gallery.shape[0]}")
+    if not queries.is_floating_point() or not gallery.is_floating_point():
+        raise ValueError(f"features must have a floating dtype, got {queries.dtype} and {gallery.dtype}")
+    return torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
+
+
+def _rank_chunks(
+    chunk_of: Callable[[int, int], torch.Tensor],
+    num_q: int,
+    num_g: int,
+    query_ids: ArrayLike | Sequence[int],
+    gallery_ids: ArrayLike | Sequence[int],
+    query_chunk: int,
+    device: torch.device,
+) -> QueryRanks:
+    """Rank the rows ``chunk_of(start, stop)`` (C x G scores) chunk by chunk; keep per-query values only."""
     q_ids = _as_id_tensor(query_ids, "query_ids", num_q, device)
     g_ids = _as_id_tensor(gallery_ids, "gallery_ids", num_g, device)
-    ks = _check_ks(ks)
     if query_chunk < 1:
         raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
 
@@ -94,19 +248,17 @@ def retrieval_metrics(
         shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
         raise ValueError(
             f"{len(missing)} of {num_q} queries have no positive in the gallery "
-            f"(query indices {shown}); spec §8 requires every query id to appear among "
+            f"(query indices {shown}); the protocol requires every query id to appear among "
             "gallery_ids. Fix: evaluate on a gallery that holds every query identity."
         )
 
     g_sorted_ids, g_order = torch.sort(g_ids, stable=True)
-    # Per-query values are kept (O(Q)) and reduced once at the end, so the result
-    # does not depend on how the queries were chunked.
     first_rank = torch.empty(num_q, dtype=torch.int64, device=device)
     ap = torch.empty(num_q, dtype=torch.float64, device=device)
     inp = torch.empty(num_q, dtype=torch.float64, device=device)
     for start in range(0, num_q, query_chunk):
         stop = min(start + query_chunk, num_q)
-        chunk = _chunk_rows(sim, start, stop, work_dtype, device)
+        chunk = chunk_of(start, stop)
         # A finite sum is the cheap common case; only an inf/NaN sum needs the full check.
         if not bool(torch.isfinite(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
             raise ValueError(
@@ -114,6 +266,7 @@ def retrieval_metrics(
                 "ranks are undefined. Fix: check the embeddings that produced them."
             )
         ranks, counts = _positive_ranks(chunk, q_ids[start:stop], g_order, g_sorted_ids)
+        del chunk
         first_rank[start:stop] = ranks[:, 0]
         last_rank = ranks.gather(1, (counts - 1).unsqueeze(1)).squeeze(1)
         j = torch.arange(1, ranks.shape[1] + 1, device=device, dtype=torch.float64)
@@ -122,11 +275,7 @@ def retrieval_metrics(
         precision_sum = torch.cumsum(j / ranks.to(torch.float64), dim=1)
         ap[start:stop] = precision_sum.gather(1, (counts - 1).unsqueeze(1)).squeeze(1) / counts
         inp[start:stop] = counts.to(torch.float64) / last_rank.to(torch.float64)
-
-    result = {f"R{k}": 100.0 * int((first_rank <= k).sum()) / num_q for k in ks}
-    result["mAP"] = 100.0 * math.fsum(ap.tolist()) / num_q
-    result["mINP"] = 100.0 * math.fsum(inp.tolist()) / num_q
-    return result
+    return QueryRanks(first_rank, ap, inp)
 
 
 def topk_indices(similarity: ArrayLike, k: int, *, query_chunk: int = 1024) -> torch.Tensor:
@@ -161,15 +310,14 @@ def similarity_topk(
     ``queries`` (Q x D) and ``gallery`` (G x D) are feature rows (L2-normalised for cosine
     similarity). Returns (scores, indices), each Q x min(k, G), best first, with the tie order of
     :func:`retrieval_metrics` (equal scores: lower gallery index first). Memory is
-    O(query_chunk x G); the scores are computed in float32 (or float64 for float64 inputs).
+    O(query_chunk x G); the scores are computed in float32 (or float64 for float64 inputs) and
+    are the bits of the full product (:func:`similarity_rows`).
     """
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"expected Q x D and G x D features, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if query_chunk < 1:
         raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
-    dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
+    dtype = _check_features(queries, gallery)
     gallery = gallery.to(dtype)
     num_q, num_g = queries.shape[0], gallery.shape[0]
     k = min(k, num_g)
@@ -177,7 +325,7 @@ def similarity_topk(
     indices = torch.empty(num_q, k, dtype=torch.int64, device=gallery.device)
     for start in range(0, num_q, query_chunk):
         stop = min(start + query_chunk, num_q)
-        chunk = queries[start:stop].to(device=gallery.device, dtype=dtype) @ gallery.t()
+        chunk = similarity_rows(queries, gallery, slice(start, stop))
         scores[start:stop], indices[start:stop] = _stable_topk(chunk, k)
     return scores, indices
 

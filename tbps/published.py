@@ -1,5 +1,5 @@
-"""Published retrieval numbers (docs/method.md#published-numbers) as data, for reference marks in
-plots and tables.
+"""Published retrieval numbers (docs/method.md#published-numbers) and the compression probe's
+parameter table (the paper's Table 17) as data, for reference marks in plots and tables.
 
 Text->image, full ranking, percent. ``None`` = not reported. The main rows are the TBPS-CLIP
 paper's Tables 6-8. The paper selected the best epoch on the test split
@@ -137,3 +137,38 @@ def as_frame() -> pl.DataFrame:
         schema={"method": pl.String, "dataset": pl.String, **dict.fromkeys(METRICS, pl.Float64),
                 "source": pl.String},
     )
+
+
+# --------------------------------------------------------------------------- compression (Table 17)
+
+
+@dataclass(frozen=True)
+class CompressionRow:
+    """One row of the paper's Table 17 (ViT-B/16, §3.5 and App. B.2)."""
+
+    x: int
+    """Text layers frozen or dropped."""
+    text_layers: tuple[int, ...]
+    """Their ids as printed; this project reads them 1-based (docs/method.md D24)."""
+    trainable_millions: dict[str, float]
+    """Trainable parameters in millions, by preset ('tbps_clip', 'tbps_clip_simplified')."""
+
+
+COMPRESSION_PRESETS = ("tbps_clip", "tbps_clip_simplified")
+COMPRESSION_TABLE: tuple[CompressionRow, ...] = tuple(
+    CompressionRow(x, layers, dict(zip(COMPRESSION_PRESETS, millions, strict=True)))
+    for x, layers, millions in (
+        (0, (), (149.2, 149.0)),
+        (1, (7,), (146.0, 145.9)),
+        (2, (7, 8), (142.9, 142.7)),
+        (3, (3, 7, 8), (139.7, 139.6)),
+        (4, (3, 5, 7, 8), (136.6, 136.4)),
+        (5, (3, 5, 6, 7, 8), (133.4, 133.3)),
+    )
+)
+"""Frozen or dropped text layers and trainable parameters of ViT-B/16; the paper gives no R@1 numbers
+for these runs (Fig. 3 only)."""
+
+
+def compression_row(x: int) -> CompressionRow | None:
+    return next((row for row in COMPRESSION_TABLE if row.x == x), None)

@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the recipe (spec §7): per-iteration linear warm-up, then cosine."""
+"""Learning-rate schedule of the recipe (docs/method.md#lr-schedule): per-iteration linear warm-up, then cosine."""
 
 from __future__ import annotations
 

@@ -255,6 +255,8 @@ class RunCheckpoints:
     is_main: bool
     train_data_sha256: str
     """sha256 of the train manifest: a resumed run must read the same shards."""
+    model_record: dict = field(default_factory=dict)
+    """What ``final.pt`` says about the model beyond its weights (parameter counts, chosen text layers)."""
 
     def restore(self) -> RunState:
         """Continue from ``last.pt`` (weights, optimiser, RNG streams, logs), or start over without it."""
@@ -334,7 +336,7 @@ class RunCheckpoints:
             "stopped_by_max_steps": stopped_early, "code_version": provenance.code_version(),
             "synonym_source": synonym_sources.synonym_source_used(self.cfg.data),
             "environment": provenance.environment(),
-            "train_manifest_sha256": sha256_file(train_manifest),
+            "train_manifest_sha256": sha256_file(train_manifest), **self.model_record,
         })
         log.info("wrote %s (epoch %d, step %d)", self.paths.final, epochs_done, run.global_step)
 
@@ -375,7 +377,10 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
           resume: bool = False, device: str = "auto") -> Path:
     """Fine-tune ``cfg``'s model on the shards of ``train_manifest``; returns the path of ``final.pt``."""
     from tbps.model import build_model, param_groups
+    from tbps.probe.layer_choice import resolve_importance_choice
 
+    # Before anything is built or written: the saved configuration names the chosen layers.
+    cfg, layer_choice = resolve_importance_choice(cfg)
     dist = init_distributed(device)
     dev = dist.device
     if dev.type == "cpu" and device == "auto":
@@ -398,8 +403,10 @@ def train(cfg: ExperimentConfig, train_manifest: Path, out: Path, *, val_manifes
     lr_at = lr_schedule(cfg, steps)
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    model_record = {"trainable_parameters": bundle.parameters.trainable, "total_parameters": bundle.parameters.total,
+                    "text_layer_choice": layer_choice}
     checkpoints = RunCheckpoints(paths, cfg, model, optimizer, scaler, dev, is_main=dist.is_main,
-                                 train_data_sha256=sha256_file(train_manifest))
+                                 train_data_sha256=sha256_file(train_manifest), model_record=model_record)
     run = checkpoints.restore() if resume else RunState()
 
     if dist.is_main:

@@ -35,7 +35,7 @@ from tbps.fileio import sha256_file, write_bytes_atomic
 from tbps.image_decode import decode_image
 from tbps.ingest import annotations as ann
 from tbps.model import build_model
-from tbps.shards.writer import ImageEncoding, ShardSources, write_shard, write_split
+from tbps.shards.writer import ImageEncoding, write_shard, write_split
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "config" / "experiments"
@@ -643,16 +643,15 @@ def test_sigkill_mid_shard_then_rerun_gives_the_uninterrupted_shard(synthetic_sh
 
     plan = tmp_path / "plan.json"
     table = synthetic_shards["annotations"]
-    fileio.write_json_atomic(plan, plan_shards(table, "val", synthetic_shards["raw"], max_samples=1000))
-    sources = ShardSources(table, synthetic_shards["raw"])
+    plan_shards(table, "val", synthetic_shards["raw"], plan, max_samples=1000)
+    raw = synthetic_shards["raw"]
     encoding = ImageEncoding("png", (512, 512))  # slow enough to be caught half-way
-    write_shard(plan, 0, tmp_path / "reference" / "shard-000000.tar", sources, encoding=encoding)
+    write_shard(plan, 0, tmp_path / "reference" / "shard-000000.tar", raw, encoding=encoding)
 
     out = tmp_path / "killed" / "shard-000000.tar"
     out.parent.mkdir()
-    cmd = [sys.executable, "-m", "tbps", "shards", "write", "--plan", str(plan), "--shard-index", "0", "--captions",
-           str(table), "--raw", str(synthetic_shards["raw"]), "--out", str(out), "--image-size", "512x512",
-           "--image-format", "png"]
+    cmd = [sys.executable, "-m", "tbps", "shards", "write", "--plan", str(plan), "--shard-index", "0",
+           "--raw", str(raw), "--out", str(out), "--image-size", "512x512", "--image-format", "png"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
@@ -667,7 +666,7 @@ def test_sigkill_mid_shard_then_rerun_gives_the_uninterrupted_shard(synthetic_sh
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not out.exists() and len(list(out.parent.glob(".shard-000000.tar.*.tmp"))) == 1
-    write_shard(plan, 0, out, sources, encoding=encoding)
+    write_shard(plan, 0, out, raw, encoding=encoding)
     assert sorted(p.name for p in out.parent.iterdir()) == ["shard-000000.json", "shard-000000.tar"]
     assert out.read_bytes() == (tmp_path / "reference" / "shard-000000.tar").read_bytes()
 

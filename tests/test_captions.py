@@ -1,4 +1,4 @@
-"""Caption cleaning, Bernoulli word deletion and sentence-spacing repair (spec §3)."""
+"""Caption cleaning, Bernoulli word deletion and sentence-spacing repair (docs/method.md#caption-cleaning, #random-deletion)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ import pytest
 from tbps.cli import build_parser
 
 PLAN = ["shards", "plan", "--captions", "a.parquet", "--split", "train", "--raw", "raw", "--out", "plan.json"]
-WRITE = ["shards", "write", "--plan", "p.json", "--shard-index", "0", "--captions", "a.parquet", "--raw", "raw",
-         "--out", "shard-000000.tar"]
+WRITE = ["shards", "write", "--plan", "p.json", "--shard-index", "0", "--raw", "raw", "--out", "shard-000000.tar"]
 TRAIN = ["train", "--experiment", "e.yaml", "--train", "train.json", "--out", "out"]
 SYNTH = ["synth", "--format", "cuhk-pedes", "--out", "raw"]
 
@@ -20,14 +19,14 @@ SYNTH = ["synth", "--format", "cuhk-pedes", "--out", "raw"]
     ("argv", "attribute", "bare", "given", "value"),
     [
         (PLAN, "max_bytes", None, ["--max-bytes", "5000"], 5000),
-        (WRITE, "augmented", None, ["--augmented", "aug.parquet"], "aug.parquet"),
+        (PLAN, "augmented", None, ["--augmented", "aug.parquet"], "aug.parquet"),
         (WRITE, "image_size", None, ["--image-size", "224x224"], "224x224"),
         (TRAIN, "val", None, ["--val", "val.json"], "val.json"),
         (TRAIN, "overrides", [], ["--set", "optim.lr=1e-3", "data.batch_size=8"], ["optim.lr=1e-3", "data.batch_size=8"]),
         (SYNTH, "ids", 400, ["--ids", "24"], 24),
         (SYNTH, "seed", 0, ["--seed", "3"], 3),
     ],
-    ids=["plan --max-bytes", "write --augmented", "write --image-size", "train --val", "train --set",
+    ids=["plan --max-bytes", "plan --augmented", "write --image-size", "train --val", "train --set",
          "synth --ids", "synth --seed"],
 )
 def test_option_given_bare_means_none_or_default(argv, attribute, bare, given, value):

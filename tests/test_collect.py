@@ -1,4 +1,4 @@
-"""Tests for tbps.collect (metrics table) and tbps.published (spec §9 as data)."""
+"""Tests for tbps.collect (metrics table) and tbps.published (the paper's tables as data, docs/method.md#published-numbers)."""
 
 import logging
 import math
@@ -226,7 +226,7 @@ def test_cli_collect_logs_the_table_and_reports_errors_without_traceback(tmp_pat
     assert not (tmp_path / "other.parquet").exists()
 
 
-# --------------------------------------------------------------------------- published numbers (spec §9)
+# --------------------------------------------------------------------------- published numbers
 
 
 def test_published_numbers_match_the_spec():

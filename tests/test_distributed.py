@@ -1,4 +1,4 @@
-"""GlobalGrad under real multi-process DDP (gloo, CPU) equals one process at the whole batch (spec §6).
+"""GlobalGrad under real multi-process DDP (gloo, CPU) equals one process at the whole batch (docs/method.md#globalgrad).
 
 Two spawned processes each hold b = 4 samples of a tiny dual encoder (two Linear "encoders", a
 SimCLR head and a logit scale) wrapped in DistributedDataParallel, and compute the full-preset loss

@@ -1,4 +1,4 @@
-"""Ingestion of the three raw annotation formats (spec §2): parsing, fatal errors, counted skips."""
+"""Ingestion of the three raw annotation formats (docs/method.md#annotation-formats): parsing, fatal errors, counted skips."""
 
 from __future__ import annotations
 
@@ -146,6 +146,17 @@ def test_synthetic_detects_format_without_published_comparison(tmp_path, caplog)
     assert summary["published"] is None and summary["differences_from_published"] == []
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert set(pq.read_table(paths["out"]).column("dataset").to_pylist()) == {"synthetic"}
+
+
+def test_a_named_synthetic_dataset_is_synthetic_and_keeps_its_key(tmp_path):
+    """`synthetic-<name>` (e.g. the probes' synthetic-pretrain) is generated data like `synthetic`."""
+    raw = make_raw(tmp_path, "icfg-pedes", name="synth")
+    paths = outputs(tmp_path)
+    summary = run("synthetic-pretrain", raw, paths)
+    assert summary["format"] == "icfg-pedes" and summary["dataset"] == "synthetic-pretrain"
+    assert set(pq.read_table(paths["out"]).column("dataset").to_pylist()) == {"synthetic-pretrain"}
+    with pytest.raises(UserInputError, match="unknown dataset 'synthetic_x'"):
+        run("synthetic_x", raw, outputs(tmp_path / "x"))
 
 
 def test_synthetic_follows_the_detected_formats_rules(tmp_path):

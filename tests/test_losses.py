@@ -1,4 +1,4 @@
-"""Each loss against a slow, loop-by-loop evaluation of the spec §6 formula (values and gradients).
+"""Each loss against a slow, loop-by-loop evaluation of the formula in docs/method.md#losses (values and gradients).
 
 The inputs simulate process ``RANK`` of ``P`` processes on one machine: the gathered tensors are
 the full batch, the local tensors its rows g(i) = RANK·b + i, so indexing across "processes" is

@@ -1,4 +1,4 @@
-"""Tests for tbps.metrics: spec §8 worked example, edge cases, chunking, ties, dtypes."""
+"""Tests for tbps.metrics: the worked example of docs/method.md#worked-example, edge cases, chunking, ties, dtypes."""
 
 import warnings
 
@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from tbps.metrics import retrieval_metrics, similarity_topk, topk_indices
+from tbps.metrics import (
+    rank_queries,
+    rank_queries_by_features,
+    retrieval_metrics,
+    retrieval_metrics_from_features,
+    similarity_rows,
+    similarity_topk,
+    topk_indices,
+)
 
 # Spec §8 worked example: gallery ids A B A C B, queries A and B.
 A, B, C = 0, 1, 2
@@ -215,7 +223,7 @@ def test_topk_indices_follow_the_same_tie_order():
         assert np.array_equal(topk_indices(torch.from_numpy(sim), 10, query_chunk=chunk).numpy(), want)
     assert topk_indices(sim, 500).shape == (sim.shape[0], sim.shape[1])  # k beyond the gallery
     example = topk_indices(torch.tensor(EXAMPLE_SIM), 5)
-    assert example.tolist() == [[1, 3, 0, 2, 4], [1, 3, 2, 0, 4]]  # spec §8 orderings
+    assert example.tolist() == [[1, 3, 0, 2, 4], [1, 3, 2, 0, 4]]  # the worked example's orderings
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
@@ -229,7 +237,7 @@ def test_similarity_topk_equals_a_full_stable_ranking(chunk):
     full = queries @ gallery.t()
     expected = torch.sort(full, dim=1, descending=True, stable=True)
     assert torch.equal(indices, expected.indices[:, :7])
-    torch.testing.assert_close(scores, expected.values[:, :7])
+    assert torch.equal(scores, expected.values[:, :7])  # the bits of the full product
     assert torch.equal(indices, topk_indices(full, 7))
 
 
@@ -240,3 +248,52 @@ def test_similarity_topk_breaks_ties_at_the_cut_by_gallery_index():
     assert indices.tolist() == [[1, 0, 2], [1, 0, 2]]
     assert scores.tolist() == [[1.0, 0.5, 0.5], [1.0, 0.5, 0.5]]
     assert similarity_topk(queries, gallery, 99)[1].shape == (2, 5)  # k beyond the gallery
+
+
+def features_case(seed: int, num_q: int = 90, num_g: int = 70, dim: int = 24):
+    gen = torch.Generator().manual_seed(seed)
+    g_ids = torch.arange(num_g) % 9
+    q_ids = g_ids[torch.randint(0, num_g, (num_q,), generator=gen)]
+    queries = torch.nn.functional.normalize(torch.randn(num_q, dim, generator=gen), dim=1)
+    gallery = torch.nn.functional.normalize(torch.randn(num_g, dim, generator=gen), dim=1)
+    gallery[5] = gallery[3]  # exact ties between gallery items
+    return queries, gallery, q_ids, g_ids
+
+
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(3, 10), slice(85, 90), slice(0, 90), [4], [89, 0, 17, 4], []])
+def test_similarity_rows_are_the_bits_of_the_full_product(rows):
+    queries, gallery, _, _ = features_case(0)
+    full = queries @ gallery.t()
+    assert torch.equal(similarity_rows(queries, gallery, rows), full[rows])
+
+
+def test_features_in_metrics_equal_the_matrix_metrics_for_any_chunk():
+    queries, gallery, q_ids, g_ids = features_case(1)
+    full = queries @ gallery.t()
+    ks = (1, 3, 10)
+    want = retrieval_metrics(full, q_ids, g_ids, ks=ks)
+    assert_close(want, reference_metrics(full.numpy(), q_ids.numpy(), g_ids.numpy(), ks=ks))
+    want_ranks = rank_queries(full, q_ids, g_ids)
+    for chunk in (5, 64, 89, 1000):
+        assert retrieval_metrics_from_features(queries, gallery, q_ids, g_ids, ks=ks, query_chunk=chunk) == want
+        ranks = rank_queries_by_features(queries, gallery, q_ids, g_ids, query_chunk=chunk)
+        assert torch.equal(ranks.first_positive, want_ranks.first_positive)
+        assert torch.equal(ranks.average_precision, want_ranks.average_precision)
+    # The other direction: the gallery queries the captions.
+    has_caption = torch.isin(g_ids, q_ids)
+    assert retrieval_metrics_from_features(gallery[has_caption], queries, g_ids[has_caption], q_ids, query_chunk=7) == (
+        retrieval_metrics(full.t()[has_caption], g_ids[has_caption], q_ids))
+
+
+@pytest.mark.parametrize(
+    "queries, gallery, message",
+    [
+        (torch.zeros(2, 3), torch.zeros(4, 2), "Q x D and G x D"),
+        (torch.zeros(0, 3), torch.zeros(4, 3), "at least one query"),
+        (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(4, 3), "floating dtype"),
+        (np.zeros((2, 3)), torch.zeros(4, 3), "torch tensors"),
+    ],
+)
+def test_features_in_bad_inputs_raise_clear_errors(queries, gallery, message):
+    with pytest.raises(ValueError, match=message):
+        retrieval_metrics_from_features(queries, gallery, [0, 0], [0, 0, 0, 0])

@@ -1,4 +1,4 @@
-"""The TBPS-CLIP model: recipe changes (spec §5), parameter groups (§7) and strict weight loading."""
+"""The TBPS-CLIP model: recipe changes (docs/method.md#recipe-changes), parameter groups (#optimisation) and strict weight loading."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from tbps.model import (
     param_groups,
     register_tiny_configs,
 )
+from tbps.model.clip import assemble_model, text_layer_plan
+from tbps.published import COMPRESSION_TABLE
 
 TINY_VIT_CFG = ModelConfig(name=TINY_VIT, pretrained=None, image_size=(96, 32))
 TINY_RN_CFG = ModelConfig(name=TINY_RN, pretrained=None, image_size=(64, 64))
@@ -42,7 +44,7 @@ def tiny_vit():
     return build_model(TINY_VIT_CFG, with_simclr_head=True)
 
 
-# ---------------------------------------------------------------- ViT-B/16 recipe (spec §5)
+# ---------------------------------------------------------------- ViT-B/16 recipe (docs/method.md#recipe-changes)
 
 def test_vit_b16_trainable_parameter_counts_match_the_spec(vit_b16_full):
     model = vit_b16_full.model
@@ -61,6 +63,29 @@ def test_vit_b16_simplified_preset_has_no_head():
     assert trainable(simplified) == 149_030_913
     with pytest.raises(RuntimeError, match="without the SimCLR head"):
         simplified.simclr(torch.zeros(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("mode", ["freeze", "drop"])
+def test_vit_b16_trainable_parameters_match_table_17_when_text_layers_are_frozen_or_dropped(vit_b16_full, mode):
+    """The paper's Table 17 for x = 0..5, both presets, exactly: one text layer is 3,152,384 parameters."""
+    clip = vit_b16_full.model.clip
+    blocks = clip.transformer.resblocks
+    full = {"tbps_clip": (149_162_625, True), "tbps_clip_simplified": (149_030_913, False)}
+    try:
+        for preset, (trainable_x0, head) in full.items():
+            for row in COMPRESSION_TABLE:
+                cfg = ModelConfig(pretrained=None, **{f"{mode}_text_layers": row.text_layers})
+                model, counts = assemble_model(clip, cfg, text_layer_plan(cfg, clip), with_simclr_head=head)
+                assert counts.trainable == trainable(model) == trainable_x0 - row.x * 3_152_384, (preset, row.x)
+                assert round(counts.trainable / 1e6, 1) == row.trainable_millions[preset], (preset, row.x)
+                assert len(model.clip.transformer.resblocks) == 12 - (row.x if mode == "drop" else 0)
+                clip.transformer.resblocks, clip.transformer.layers = blocks, 12
+    finally:
+        clip.transformer.resblocks, clip.transformer.layers = blocks, 12
+        for p in clip.parameters():
+            p.requires_grad_(True)
+        clip.visual.conv1.requires_grad_(False)
+    assert trainable(vit_b16_full.model) == 149_162_625  # the shared fixture is as it was
 
 
 def test_param_groups_follow_the_weight_decay_rule(vit_b16_full):

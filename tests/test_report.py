@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from helpers.browser import pixel_stats, rendered_dom, require_chromium, screenshot
-from helpers.workflow_runs import SMOKE_EXPERIMENT, build_report
+from helpers.workflow_runs import SMOKE_EXPERIMENT, build_report, copy_run, snakemake
 
 from tbps.plots import METRICS, chance_from_annotations
 
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(900)
 
 DATASET = "synthetic"
 REPO = Path(__file__).resolve().parents[1]
+DEMO_PAGE = f"results/{DATASET}/{SMOKE_EXPERIMENT}/search/demo.html"
 
 
 class Tables(HTMLParser):
@@ -64,8 +65,13 @@ def app_element(dom: str) -> str:
 
 @pytest.fixture(scope="module")
 def report(finished_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "report.html"
-    return {"path": out, "run": finished_run, **build_report(finished_run, out)}
+    """The report of the finished run once its demo search page exists too (the `plots` stage
+    builds it), made in a copy: other tests share the finished run."""
+    scratch = tmp_path_factory.mktemp("report")
+    run = copy_run(finished_run, scratch / "run")
+    snakemake(run, DEMO_PAGE)
+    out = scratch / "report.html"
+    return {"path": out, "run": run, **build_report(run, out)}
 
 
 def test_landing_page_headline_equals_metrics_parquet(report):
@@ -85,7 +91,7 @@ def test_landing_page_headline_equals_metrics_parquet(report):
 
 def test_landing_page_links_every_category(report):
     desc = report["workflow_desc"]
-    assert set(report["categories"]) == {"Metrics", "Training", "Retrieval examples"}
+    assert set(report["categories"]) == {"Metrics", "Training", "Retrieval examples", "Search"}
     for category in report["categories"]:
         assert re.search(rf'<a class="reference external" href="javascript:app.showCategory\(\'{re.escape(category)}\'\)">'
                          rf"{re.escape(category)}</a>", desc.replace("%20", " ")), category
@@ -96,7 +102,8 @@ def test_every_item_has_a_caption_that_renders_as_text(report):
     expected = {f"results/{DATASET}/{name}" for name in (
         "metrics.parquet", "metrics.html", "plots/metrics.png",
         f"{SMOKE_EXPERIMENT}/plots/training.png", f"{SMOKE_EXPERIMENT}/plots/examples.png",
-        f"{SMOKE_EXPERIMENT}/train/train_log.parquet", f"{SMOKE_EXPERIMENT}/train/train_log.html")}
+        f"{SMOKE_EXPERIMENT}/train/train_log.parquet", f"{SMOKE_EXPERIMENT}/train/train_log.html",
+        f"{SMOKE_EXPERIMENT}/search/demo.html")}
     assert set(results) == expected
     for path, item in [*results.items(), ("landing page", {"caption": report["workflow_desc"]})]:
         caption = item["caption"]

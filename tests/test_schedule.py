@@ -17,7 +17,7 @@ def test_warmup_end_points_included():
 
 
 def test_cosine_tail_matches_spec_cuhk():
-    # spec §7: for CUHK (E = 212) the last value is 5.0003e-6
+    # docs/method.md#lr-schedule: for CUHK (E = 212) the last value is 5.0003e-6
     assert lr(5 * 212 - 1) == pytest.approx(5.0003e-6, rel=1e-4)
     u, big_u = 500, 4 * 212
     assert lr(212 + u) == pytest.approx(5e-6 + 0.5 * (1e-4 - 5e-6) * (1 + math.cos(math.pi * u / big_u)))

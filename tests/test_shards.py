@@ -24,7 +24,7 @@ from tbps.shards import writer as shards_writer
 from tbps.shards.manifest import build_manifest
 from tbps.shards.plan import estimate_sample_bytes, plan_shards
 from tbps.shards.reader import open_shards, shard_paths, verify_manifest
-from tbps.shards.writer import ImageRejected, ShardSources, encode_image, write_shard, write_split
+from tbps.shards.writer import ImageRejected, encode_image, write_shard, write_split
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -102,26 +102,38 @@ def _samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
 # ----------------------------------------------------------------------------- plan
 
 
-def test_plan_cuts_by_max_samples_one_sample_per_image(data):
-    plan = plan_shards(data["annotations"], "train", data["raw"], max_samples=4, seed=0)
+def test_plan_cuts_by_max_samples_one_sample_per_image(data, tmp_path):
+    plan = plan_shards(data["annotations"], "train", data["raw"], tmp_path / "a" / "plan.json", max_samples=4, seed=0)
     sizes = [len(s["image_indices"]) for s in plan["shards"]]
     assert sizes == [4, 4, 2]
     assert [s["name"] for s in plan["shards"]] == [f"shard-{i:06d}.tar" for i in range(3)]
     flat = [i for s in plan["shards"] for i in s["image_indices"]]
     assert sorted(flat) == list(range(10)) and plan["num_samples"] == 10  # image 0 has 3 captions: still 1
-    assert plan["annotations_sha256"] == sha256_file(data["annotations"])
-    again = plan_shards(data["annotations"], "train", data["raw"], max_samples=4, seed=0)
-    other = plan_shards(data["annotations"], "train", data["raw"], max_samples=4, seed=1)
+    assert plan["annotations_sha256"] == sha256_file(data["annotations"]) and plan["augmented_sha256"] is None
+    assert json.loads((tmp_path / "a" / "plan.json").read_text()) == plan
+    again = plan_shards(data["annotations"], "train", data["raw"], tmp_path / "b" / "plan.json", max_samples=4, seed=0)
+    other = plan_shards(data["annotations"], "train", data["raw"], tmp_path / "c" / "plan.json", max_samples=4, seed=1)
     assert again == plan
+    for name in ("plan.json", "plan_samples.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert [i for s in other["shards"] for i in s["image_indices"]] != flat
     assert flat != sorted(flat)  # shuffled
 
 
-def test_plan_cuts_by_max_bytes(data):
-    sizes = {i: estimate_sample_bytes((data["raw"] / p).stat().st_size)
-             for i, p in enumerate(sorted(str(p.relative_to(data["raw"])) for p in (data["raw"] / "imgs").iterdir()))}
+def _json_sizes(plan_samples: Path) -> dict[int, int]:
+    table = pq.read_table(plan_samples)
+    return dict(zip(table["image_index"].to_pylist(), [len(j) for j in table["json"].to_pylist()], strict=True))
+
+
+def test_plan_cuts_by_max_bytes(data, tmp_path):
+    uncapped = plan_shards(data["annotations"], "train", data["raw"], tmp_path / "u" / "plan.json", max_samples=100)
+    json_sizes = _json_sizes(tmp_path / "u" / "plan_samples.parquet")
+    image_files = sorted(str(p.relative_to(data["raw"])) for p in (data["raw"] / "imgs").iterdir())
+    sizes = {i: estimate_sample_bytes((data["raw"] / image_files[i]).stat().st_size, json_sizes[i])
+             for i in uncapped["shards"][0]["image_indices"]}
     cap = 3 * max(sizes.values())
-    plan = plan_shards(data["annotations"], "train", data["raw"], max_samples=100, max_bytes=cap, seed=0)
+    plan = plan_shards(data["annotations"], "train", data["raw"], tmp_path / "p" / "plan.json", max_samples=100,
+                       max_bytes=cap, seed=0)
     assert len(plan["shards"]) > 1
     for i, shard in enumerate(plan["shards"]):
         total = sum(sizes[j] for j in shard["image_indices"])
@@ -129,13 +141,14 @@ def test_plan_cuts_by_max_bytes(data):
         if i + 1 < len(plan["shards"]):  # greedy: the next shard's first image would not have fit
             assert total + sizes[plan["shards"][i + 1]["image_indices"][0]] > cap
     # An image larger than the cap gets a shard of its own instead of failing.
-    tiny = plan_shards(data["annotations"], "train", data["raw"], max_bytes=1, seed=0)
+    tiny = plan_shards(data["annotations"], "train", data["raw"], tmp_path / "t" / "plan.json", max_bytes=1, seed=0)
     assert [len(s["image_indices"]) for s in tiny["shards"]] == [1] * 10
 
 
 def test_bad_inputs_name_file_record_and_fix(data, tmp_path):
+    out = tmp_path / "plan.json"
     with pytest.raises(UserInputError, match="annotations.parquet.*splits present"):
-        plan_shards(data["annotations"], "val", data["raw"])
+        plan_shards(data["annotations"], "val", data["raw"], out)
     table = pq.read_table(data["annotations"])
     paths = table["image_path"].to_pylist()
     paths[5] = None
@@ -143,27 +156,25 @@ def test_bad_inputs_name_file_record_and_fix(data, tmp_path):
     pq.write_table(table.set_column(table.schema.get_field_index("image_path"), "image_path",
                                     pa.array(paths, pa.string())), broken)
     with pytest.raises(UserInputError, match=r"nulls.parquet, record 5: null image_path. Fix: regenerate"):
-        plan_shards(broken, "train", data["raw"])
+        plan_shards(broken, "train", data["raw"], out)
     pq.write_table(table.drop(["caption"]), broken)
     with pytest.raises(UserInputError, match=r"missing column\(s\) caption"):
-        plan_shards(broken, "train", data["raw"])
+        plan_shards(broken, "train", data["raw"], out)
     (data["raw"] / "imgs/0004.jpg").unlink()
     with pytest.raises(UserInputError, match=r"record 9: image 'imgs/0004.jpg' not found"):
-        plan_shards(data["annotations"], "train", data["raw"])
+        plan_shards(data["annotations"], "train", data["raw"], out)
+    assert not out.exists() and not (tmp_path / "plan_samples.parquet").exists()
 
 
 def test_stale_augmented_captions_are_refused(data, tmp_path):
-    out = tmp_path / "a"
-    plan = plan_shards(data["annotations"], "train", data["raw"], max_samples=100)
-    write_json_atomic(out / "plan.json", plan)
     aug = pq.read_table(data["augmented"])
     captions = aug["caption"].to_pylist()
     captions[0] = "an older caption"
     pq.write_table(aug.set_column(1, "caption", pa.array(captions)), data["augmented"])
+    out = tmp_path / "a" / "plan.json"
     with pytest.raises(UserInputError, match="captions_aug.parquet, record 0: caption_id 0: source caption differs"):
-        write_shard(out / "plan.json", 0, out / "shard-000000.tar",
-                    ShardSources(data["annotations"], data["raw"], data["augmented"]))
-    assert not (out / "shard-000000.tar").exists()
+        plan_shards(data["annotations"], "train", data["raw"], out, augmented=data["augmented"])
+    assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
 # ----------------------------------------------------------------------------- write
@@ -173,13 +184,13 @@ def test_write_is_byte_identical_and_tar_is_standard(data, tmp_path):
     kw = dict(augmented=data["augmented"], max_samples=4, seed=3, progress=False)
     m1 = write_split(data["annotations"], "train", data["raw"], tmp_path / "a", **kw)
     m2 = write_split(data["annotations"], "train", data["raw"], tmp_path / "b", **kw)
-    names = [s["name"] for s in m1["shards"]] + ["manifest.json", "plan.json"]
+    names = [s["name"] for s in m1["shards"]] + ["manifest.json", "plan.json", "plan_samples.parquet"]
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert m1 == m2 and m1["num_samples"] == 10 and m1["num_shards"] == 3 and m1["num_rejected"] == 0
 
     members = [m for s in m1["shards"] for m in _members(tmp_path / "a" / s["name"])]
-    assert {m.name.split(".", 1)[1] for m in members} == {"jpg", "png", "json", "txt"}
+    assert {m.name.split(".", 1)[1] for m in members} == {"jpg", "png", "json"}
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o444 for m in members)
     samples = {}
     for s in m1["shards"]:
@@ -197,7 +208,25 @@ def test_write_is_byte_identical_and_tar_is_standard(data, tmp_path):
         "captions_aug": ["AUG person 0 caption 0", None, "AUG person 0 caption 2"],  # caption_id 1 has none
         "caption_ids": [0, 1, 2],
     }
-    assert samples["train-00000000"]["txt"].decode() == "\n".join(meta["captions"])
+    # The plan's estimate is the tar's size: its samples, then the end marker and the record padding.
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    for entry in plan["shards"]:
+        tar_bytes = (tmp_path / "a" / entry["name"]).stat().st_size
+        assert tar_bytes == tarfile.RECORDSIZE * -(-(entry["estimated_bytes"] + 2 * tarfile.BLOCKSIZE)
+                                                   // tarfile.RECORDSIZE)
+
+
+def test_standard_webdataset_reader_reads_image_and_json(data, tmp_path):
+    m = write_split(data["annotations"], "train", data["raw"], tmp_path / "a", augmented=data["augmented"],
+                    max_samples=4, progress=False)
+    urls = [str(tmp_path / "a" / s["name"]) for s in m["shards"]]
+    dataset = wds.WebDataset(urls, shardshuffle=False).decode("pil", only=["jpg", "png", "json"])
+    samples = {s["__key__"]: s for s in dataset}
+    assert sorted(samples) == [f"train-{i:08d}" for i in range(10)]
+    for key, sample in samples.items():
+        image = sample.get("jpg", sample.get("png"))
+        assert isinstance(image, Image.Image) and image.size == (24, 48)
+        assert sample["json"]["image_index"] == int(key[-8:]) and len(sample["json"]["captions"]) >= 2
 
 
 def test_test_split_without_augmentation_has_null_aug_and_no_train_id(data, tmp_path):
@@ -213,7 +242,7 @@ def test_reencode_gives_requested_size(data, tmp_path):
     samples = _samples(tmp_path / "r" / m["shards"][0]["name"])
     assert m["params"]["image_format"] == "jpg" and m["params"]["image_size"] == [32, 16]
     for sample in samples.values():
-        assert set(sample) == {"jpg", "json", "txt"}
+        assert set(sample) == {"jpg", "json"}
         with Image.open(io.BytesIO(sample["jpg"])) as img:
             assert img.format == "JPEG" and img.size == (16, 32) and not img.info.get("exif")
 
@@ -257,7 +286,7 @@ def test_crash_mid_shard_leaves_no_shard_and_no_manifest(data, tmp_path, monkeyp
     out = tmp_path / "c"
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json"]  # no tar, no temp file, no sidecar
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "plan_samples.parquet"]  # no tar, temp, sidecar
     with pytest.raises(UserInputError, match="shard-000000.tar: planned shard is missing.*snakemake --cores 1 --force"):
         build_manifest(out / "plan.json", out / "manifest.json")
     assert not (out / "manifest.json").exists()
@@ -282,14 +311,32 @@ def test_manifest_detects_deleted_and_corrupted_shards(data, tmp_path):
     assert verify_manifest(out / "manifest.json", check_hashes=False) == [problems[1]]  # same size
 
 
-def test_write_refuses_stale_plan_and_wrong_name(data, tmp_path):
+def test_write_refuses_wrong_name_and_a_sample_table_of_another_plan(data, tmp_path):
     out = tmp_path / "s"
     write_split(data["annotations"], "train", data["raw"], out, max_samples=4, progress=False)
     with pytest.raises(UserInputError, match="named 'shard-000001.tar'"):
-        write_shard(out / "plan.json", 1, out / "shard-000009.tar", ShardSources(data["annotations"], data["raw"]))
-    pq.write_table(pq.read_table(data["annotations"]).slice(0, 5), data["annotations"])
-    with pytest.raises(UserInputError, match="plan was made from a different annotations.parquet"):
-        write_shard(out / "plan.json", 0, out / "shard-000000.tar", ShardSources(data["annotations"], data["raw"]))
+        write_shard(out / "plan.json", 1, out / "shard-000009.tar", data["raw"])
+    samples = out / "plan_samples.parquet"
+    # The same images in the same shards, other captions: refused by the shard's digest.
+    other_captions = pq.read_table(data["annotations"])
+    other_captions = other_captions.set_column(other_captions.schema.get_field_index("caption"), "caption",
+                                               pa.array([c + "!" for c in other_captions["caption"].to_pylist()]))
+    pq.write_table(other_captions, tmp_path / "other.parquet")
+    plan_shards(tmp_path / "other.parquet", "train", data["raw"], tmp_path / "o" / "plan.json", max_samples=4)
+    samples.write_bytes((tmp_path / "o" / "plan_samples.parquet").read_bytes())
+    with pytest.raises(UserInputError, match=r"plan_samples.parquet: the rows of shard 0 differ.*"
+                                             r"Fix: rerun `tbps shards plan`"):
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar", data["raw"])
+    plan_shards(data["annotations"], "train", data["raw"], tmp_path / "f" / "plan.json", max_samples=5)
+    samples.write_bytes((tmp_path / "f" / "plan_samples.parquet").read_bytes())
+    with pytest.raises(UserInputError, match="has 2 row groups, the plan 3 shards"):
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar", data["raw"])
+    samples.write_bytes(b"not parquet")
+    with pytest.raises(UserInputError, match="not a readable sample table"):
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar", data["raw"])
+    samples.unlink()
+    with pytest.raises(UserInputError, match="the plan's sample table is missing"):
+        write_shard(out / "plan.json", 0, out / "shard-000000.tar", data["raw"])
 
 
 def test_write_split_progress_false_prints_no_bar(data, tmp_path, capsys):
@@ -324,7 +371,7 @@ def test_reader_never_unpickles(data, tmp_path):
     (sample,) = list(open_shards([str(shard)]))
     assert not marker.exists()
     assert sample["image"].mode == "RGB" and sample["image"].size == (24, 48)
-    assert sample["json"] == META and sample["txt"] == "x" and "pyd" not in sample
+    assert sample["json"] == META and "txt" not in sample and "pyd" not in sample
 
     # Control: the payload is real, webdataset's default decoders do run it.
     with warnings.catch_warnings():
@@ -367,15 +414,14 @@ def test_reader_rejects_pipe_urls():
 
 def test_cli_plan_write_manifest_and_a_missing_shard_exits_2(data, tmp_path, capsys):
     out = tmp_path / "cli"
-    common = ["--captions", str(data["annotations"]), "--raw", str(data["raw"])]
-    assert main(["shards", "plan", *common, "--split", "train", "--out", str(out / "plan.json"),
-                 "--max-samples", "6", "--seed", "1"]) == 0
+    raw = ["--raw", str(data["raw"])]
+    assert main(["shards", "plan", "--captions", str(data["annotations"]), "--augmented", str(data["augmented"]),
+                 *raw, "--split", "train", "--out", str(out / "plan.json"), "--max-samples", "6", "--seed", "1"]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert len(plan["shards"]) == 2
     for i, s in enumerate(plan["shards"]):
-        assert main(["shards", "write", "--plan", str(out / "plan.json"), "--shard-index", str(i), *common,
-                     "--augmented", str(data["augmented"]), "--out", str(out / s["name"]),
-                     "--image-size", "20x10"]) == 0
+        assert main(["shards", "write", "--plan", str(out / "plan.json"), "--shard-index", str(i), *raw,
+                     "--out", str(out / s["name"]), "--image-size", "20x10"]) == 0
     assert main(["shards", "manifest", "--plan", str(out / "plan.json"), "--out", str(out / "manifest.json")]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"] == 10 and manifest["params"]["image_size"] == [20, 10]
@@ -386,6 +432,6 @@ def test_cli_plan_write_manifest_and_a_missing_shard_exits_2(data, tmp_path, cap
     err = capsys.readouterr().err
     assert "shard-000000.tar: planned shard is missing" in err and "Traceback" not in err
     assert not (out / "manifest.json").exists()
-    assert main(["shards", "write", "--plan", str(out / "plan.json"), "--shard-index", "0", *common,
+    assert main(["shards", "write", "--plan", str(out / "plan.json"), "--shard-index", "0", *raw,
                  "--out", str(out / "x.tar"), "--image-size", "20"]) == 2
     assert "HxW" in capsys.readouterr().err

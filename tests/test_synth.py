@@ -62,6 +62,9 @@ def test_annotation_file_fields_and_types(datasets, fmt):
     # The release's files, plus the hidden marker that says the generator made the folder.
     assert sorted(p.name for p in out.iterdir()) == sorted(["imgs", info(fmt).annotation_files[0], synth.MARKER_NAME])
     assert isinstance(records, list) and records
+    # Streamed record by record, the file is exactly the one-line dump of the whole list.
+    text = (out / info(fmt).annotation_files[0]).read_text(encoding="utf-8")
+    assert text == json.dumps(records, ensure_ascii=False) + "\n"
     for r in records:
         assert list(r) == FIELDS[fmt]  # release field order, nothing extra
         assert isinstance(r["id"], int) and isinstance(r["split"], str)

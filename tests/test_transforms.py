@@ -1,4 +1,4 @@
-"""Image transforms (spec §4): shapes, per-sample determinism, the pool's op draw and op effects."""
+"""Image transforms (docs/method.md#image-processing): shapes, per-sample determinism, the pool's op draw and op effects."""
 
 from __future__ import annotations
 

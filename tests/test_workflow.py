@@ -130,6 +130,57 @@ def test_few_shot_and_cross_runs_join_the_dag(workdir):
     assert "results/cross/metrics.parquet" in out
 
 
+def test_compression_target_plans_the_stand_in_the_probe_and_every_run(workdir):
+    """results/synthetic/compression.parquet: the pre-trained stand-in on its own synthetic dataset, the
+    importance probe of the full preset, and each preset uncompressed and with x layers frozen or dropped."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    compression = cfg["datasets"]["synthetic"]["compression"]
+    result = snakemake(workdir, "-n", "-p", f"--configfile={workdir / 'config.yaml'}",
+                       "results/synthetic/compression.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    for rule in ("synth", "synth_pretrain", "train", "evaluate", "probe_importance", "plot_importance", "compression"):
+        assert f"rule {rule}:" in out, rule
+    trained = set(re.findall(r"results/([a-z-]+)/([A-Za-z0-9_.-]+)/train/final\.pt", out))
+    runs = {(p, f"{p}-{mode}{x}") for p in compression["experiments"] for mode in ("freeze", "drop")
+            for x in compression["x"]}
+    assert len(runs) == 2 * len(compression["x"]) * 2
+    assert trained == ({("synthetic-pretrain", "tiny_probe_pretrain")}
+                       | {("synthetic", run) for pair in runs for run in pair})
+    # A run with `layers: importance` reads its ids from the measured table (an input of its training).
+    importance = "results/synthetic/tiny_probe_tbps_clip/probe/importance.parquet"
+    drop2 = next(job for job in out.split("\n\n") if "tiny_probe_tbps_clip-drop2/train/final.pt" in job
+                 and "rule train:" in job)
+    assert importance in drop2.split("output:")[0]
+    assert (f"--set model.compress_from_importance.table={importance} model.compress_from_importance.x=2 "
+            "model.compress_from_importance.mode=drop --out results/synthetic/tiny_probe_tbps_clip-drop2/train") in drop2
+    # The stand-in is trained first: the fine-tuned presets read it as model.pretrained.
+    assert "results/synthetic-pretrain/tiny_probe_pretrain/train/final.pt" in drop2.split("output:")[0]
+
+
+def test_compression_with_the_papers_layers(workdir):
+    """`layers: paper`: Table 17's ids on the command line; an x the table lacks stops with the fix."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    compression = cfg["datasets"]["synthetic"]["compression"]
+    compression.update(layers="paper", x=[2], experiments=["tiny_probe_tbps_clip"])
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, "-n", "-p", f"--configfile={workdir / 'config.yaml'}",
+                       "results/synthetic/compression.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "--set 'model.freeze_text_layers=[7,8]' --out results/synthetic/tiny_probe_tbps_clip-freeze2/train" in out
+    assert "--set 'model.drop_text_layers=[7,8]' --out results/synthetic/tiny_probe_tbps_clip-drop2/train" in out
+    assert "compress_from_importance" not in out
+
+    compression["x"] = [6]
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, "-n", f"--configfile={workdir / 'config.yaml'}", "results/synthetic/compression.parquet")
+    assert result.returncode != 0
+    err = result.stdout + result.stderr
+    assert "the paper's Table 17 lists x = 1..5 text layers only" in err and "layers: importance" in err
+    assert "Traceback" not in err
+
+
 def test_minimal_config_gets_every_default_from_the_schema(workdir):
     """The schema holds the workflow's defaults (filled in by validate): a config naming only the
     dataset's folder and experiments is enough, and the defaults reach the jobs."""

@@ -61,12 +61,11 @@ def test_unchanged_config_plans_nothing(built):
 )
 def test_augment_change_reruns_augment_and_train_shards_only(built, change):
     plan, out = _dry_run(built, change)
+    # The train plan carries the augmented captions of each sample, so it is replanned (a
+    # checkpoint: its shard jobs appear once it ran), and nothing of val or test.
     assert plan == {
         "augment": {"results/synthetic/augment/captions_aug.parquet"},
-        "shard": {
-            "results/synthetic/shards/train/shard-000000.tar",
-            "results/synthetic/shards/train/shard-000000.json",
-        },
+        "shard_plan": {"results/synthetic/shards/train/plan.json", "results/synthetic/shards/train/plan_samples.parquet"},
         "shards_present": {"results/synthetic/shards/train/shards-present.stamp"},
         "shard_manifest": {"results/synthetic/shards/train/manifest.json"},
     }, out
@@ -84,7 +83,8 @@ def test_shard_size_change_replans_every_split_and_nothing_upstream(built):
     # The plans are checkpoints: the shards they will name are only known once they ran,
     # so a dry run lists the plans and what reads them (the shard jobs appear in the real run).
     assert plan == {
-        "shard_plan": {f"results/synthetic/shards/{split}/plan.json" for split in ("train", "val")},
+        "shard_plan": {f"results/synthetic/shards/{split}/{name}" for split in ("train", "val")
+                       for name in ("plan.json", "plan_samples.parquet")},
         "shards_present": {f"results/synthetic/shards/{split}/shards-present.stamp" for split in ("train", "val")},
         "shard_manifest": {f"results/synthetic/shards/{split}/manifest.json" for split in ("train", "val")},
     }, out
@@ -138,12 +138,16 @@ def test_deleted_train_shard_is_rebuilt_with_what_reads_the_split(finished_run, 
         "plot_metrics": {"results/synthetic/plots/metrics.png", "results/synthetic/plots/headline.rst"},
         "plots": {"results/synthetic/plots/complete.stamp"},
         "collect": {METRICS, "results/synthetic/metrics.html"},
+        "search_index": {f"{run_dir}/search/test.index"},
+        "search_demo": {f"{run_dir}/search/demo.html", f"{run_dir}/search/demo.json"},
     }
     assert ran == expected
     after = tree_digest(run)
     changed = {p for p in after if p.startswith(("results/", "resources/")) and after[p] != before.get(p)}
+    # The index is a folder output: its files are what changes.
+    index_folder = f"{run_dir}/search/test.index"
+    declared = set().union(*expected.values()) - {index_folder} | {p for p in after if p.startswith(index_folder + "/")}
     # Training may also rewrite what it does not declare: its resumable checkpoint and config copy.
-    declared = set().union(*expected.values())
     assert declared <= changed <= declared | {f"{run_dir}/train/checkpoints/last.pt", f"{run_dir}/train/config.yaml"}
     assert shard.read_bytes() == original
     manifest = "results/synthetic/shards/train/manifest.json"

@@ -1,4 +1,4 @@
-"""Augmentation backends: what turns a caption into its paraphrase (spec §3 "Offline, once").
+"""Augmentation backends: what turns a caption into its paraphrase (offline, once: docs/method.md#text-augmentation).
 
 - ``backtranslation``: MarianMT English -> French -> English (:mod:`tbps.augment.backtranslation`),
   what the paper does; needs the two translation models.

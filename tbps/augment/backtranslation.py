@@ -1,6 +1,6 @@
 """English -> French -> English back-translation with MarianMT (the ``backtranslation`` backend).
 
-The paper back-translates through French with an unnamed MT system (spec §3,
+The paper back-translates through French with an unnamed MT system (docs/method.md#d14-back-translation,
 §10 item 14); we record ours: Helsinki-NLP's OPUS-MT Marian models by default,
 beam search, no sampling, so a caption always gets the same paraphrase.
 

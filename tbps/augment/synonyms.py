@@ -4,11 +4,11 @@ Substitution is done by nlpaug's ``ReservedAug`` over a hand-made table of
 interchangeable words (``tbps/resources/pedestrian_synonyms.yaml``), so no model
 or download is needed. Only words listed in the table ever change, and only to
 another word of the same group, so colours, garments, bags and hair keep their
-meaning. WordNet synonyms (nlpaug ``SynonymAug``) are not offered: WordNet data
-is not installed here, no POS tagger is available offline, and without one the
-platform notes measured outputs such as "a brigham young woman wearing a crimson
-coat and inkiness pant" and "a red cake"; restricting WordNet to generic words
-safely would amount to writing this table anyway.
+meaning. This backend does not draw from WordNet (nlpaug ``SynonymAug``): without a
+POS tagger, WordNet substitutions on pedestrian captions gave outputs such as "a
+brigham young woman wearing a crimson coat and inkiness pant" and "a red cake";
+restricting WordNet to generic words safely would amount to writing this table
+anyway. (The text-augmentation ablations can use WordNet: ``data.synonym_source``.)
 
 Two deviations from stock ``ReservedAug``, both in :class:`_SeededReservedAug`:
 - it draws from a per-caption ``random.Random`` seeded from (seed, caption), not

@@ -31,6 +31,8 @@ STAGES = [
     "evaluate",
     "collect",
     "plots",
+    "index",
+    "probe",
     "search",
     "env",
 ]

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         "augment",
         help="paraphrase every train caption once (back-translation or synonyms) -> captions_aug.parquet",
         description=(
-            "Compute one paraphrase per caption of the chosen splits, offline and once (spec §3); training "
+            "Compute one paraphrase per caption of the chosen splits, offline and once (the paper's Sec. 3.3); training "
             "swaps it in with probability 0.1. Backends: 'backtranslation' = MarianMT English->French->"
             "English (the paper's method; needs the two models, from the Hugging Face cache or local "
             "folders), 'synonyms' = swap true synonyms from a shipped table (no model, no download), "

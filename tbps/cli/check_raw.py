@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tbps.datasets import DATASET_KEYS
+from tbps.datasets import dataset_key
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
             "is missing or broken (the message says where to get the data)."
         ),
     )
-    parser.add_argument("--dataset", required=True, choices=DATASET_KEYS, help="dataset key")
+    parser.add_argument("--dataset", required=True, type=dataset_key, help="dataset key")
     parser.add_argument(
         "--raw", required=True, type=Path, help="raw folder holding the annotation JSON and imgs/"
     )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tbps.cli.argtypes import fraction
-from tbps.datasets import DATASET_KEYS
+from tbps.datasets import dataset_key
 
 DEFAULT_MAX_REJECT_FRACTION = 0.01  # mirrors tbps.ingest.annotations (not imported: keeps --help fast)
 
@@ -24,8 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--dataset",
         required=True,
-        choices=DATASET_KEYS,
-        help="dataset key; 'synthetic' = a `tbps synth` folder in any of the three formats",
+        type=dataset_key,
+        help="dataset key; 'synthetic' or 'synthetic-<name>' = a `tbps synth` folder in any of the three formats",
     )
     parser.add_argument(
         "--raw", required=True, type=Path, help="raw folder holding the annotation JSON and imgs/"

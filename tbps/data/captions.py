@@ -1,4 +1,4 @@
-"""Caption text processing shared by training and evaluation (spec §3).
+"""Caption text processing shared by training and evaluation (docs/method.md#text-processing).
 
 ``clean_caption`` is the ONE cleaning function used for train captions, their
 augmented versions and test captions alike; ``random_word_deletion`` is the
@@ -23,7 +23,7 @@ _WHITESPACE_RUN = re.compile(r"\s{2,}")
 
 
 def clean_caption(text: str, max_words: int = MAX_WORDS) -> str:
-    """Clean a caption as specified in spec §3.
+    """Clean a caption as docs/method.md#caption-cleaning specifies.
 
     Lowercase; replace each of ``. ! " ( ) * # : ; ~`` with a space; collapse
     runs of 2+ whitespace characters to one space; strip; keep the first
@@ -37,12 +37,12 @@ def clean_caption(text: str, max_words: int = MAX_WORDS) -> str:
 
 
 def random_word_deletion(text: str, p: float, rng: np.random.Generator) -> str:
-    """Drop each whitespace-separated word independently with probability ``p`` (spec §3).
+    """Drop each whitespace-separated word independently with probability ``p`` (docs/method.md#random-deletion).
 
     If every word is dropped, one uniformly chosen original word is returned; a
     caption of at most one word is returned unchanged. Survivors are re-joined
     with single spaces. This is NOT nlpaug's ``RandomWordAug(action="delete")``,
-    which deletes a fixed count of words (spec §3).
+    which deletes a fixed count of words (docs/method.md#random-deletion).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"deletion probability must be in [0, 1], got {p}")

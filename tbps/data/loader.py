@@ -1,7 +1,7 @@
 """Training data: (image, caption) pairs read from the shards by index.
 
 One training sample per (image, caption) pair, uniform random batches that are
-reshuffled every epoch with the last incomplete batch dropped (spec §7). The
+reshuffled every epoch with the last incomplete batch dropped (docs/method.md#optimisation). The
 shards are indexed once (:class:`tbps.shards.index.ShardIndex`), then read by
 random access, so:
 
@@ -38,7 +38,7 @@ from tbps.shards.reader import shard_image
 def pair_table(index: ShardIndex, few_shot_fraction: float = 1.0, seed: int = 0) -> np.ndarray:
     """All (sample, caption) pairs as an int64 array of shape (n, 2), in index order.
 
-    ``few_shot_fraction`` < 1 keeps a seeded random subset of the training images (spec §9).
+    ``few_shot_fraction`` < 1 keeps a seeded random subset of the training images (docs/method.md#d27-few-shot-sampling).
     """
     samples = np.arange(len(index.samples))
     if few_shot_fraction < 1.0:

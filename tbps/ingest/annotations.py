@@ -281,7 +281,7 @@ def split_counts(
 
 
 def differences_from_published(info: DatasetInfo, counts: dict[str, dict[str, int]]) -> list[str]:
-    """One line per split whose counts differ from the published statistics (spec §2.2)."""
+    """One line per split whose counts differ from the published statistics (docs/method.md#split-statistics)."""
     diffs = []
     for split, stats in info.published.items():
         have = counts.get(split, {"ids": 0, "images": 0, "captions": 0})

@@ -1,4 +1,4 @@
-"""Read and validate the three published annotation formats (spec §2.1-§2.2).
+"""Read and validate the three published annotation formats (docs/method.md#annotation-formats).
 
 Anything wrong with the *structure* of the annotation file is fatal: a
 mistyped field or a broken id convention means the file is not the release it
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tbps.datasets import FORMATS, REAL_DATASETS, SYNTHETIC, DatasetInfo
+from tbps.datasets import FORMATS, REAL_DATASETS, SYNTHETIC, DatasetInfo, is_synthetic
 from tbps.errors import UserInputError, input_error
 
 MAX_REPORTED = 20
@@ -83,11 +83,11 @@ class ProblemCollector:
 # --- finding the annotation file --------------------------------------------------------------
 
 
-def synthetic_info(fmt: DatasetInfo) -> DatasetInfo:
+def synthetic_info(fmt: DatasetInfo, key: str = SYNTHETIC) -> DatasetInfo:
     """Registry entry for generated data in ``fmt``'s layout: same rules, no published statistics."""
     return dataclasses.replace(
         fmt,
-        key=SYNTHETIC,
+        key=key,
         title=f"synthetic data ({fmt.title} format)",
         published={},
         download="generate it with `tbps synth` (see `tbps synth --help`)",
@@ -97,7 +97,7 @@ def synthetic_info(fmt: DatasetInfo) -> DatasetInfo:
 def where_to_get(dataset_key: str, raw: Path) -> str:
     """The 'Fix:' text for a missing raw folder or annotation file."""
     check = f"then check it with `tbps check-raw --dataset {dataset_key} --raw {raw}`"
-    if dataset_key == SYNTHETIC:
+    if is_synthetic(dataset_key):
         return (
             f"generate it with `tbps synth` (see `tbps synth --help`) writing to {raw}; "
             f"the folder must hold one annotation file (one of {', '.join(_all_annotation_names())}) "
@@ -119,23 +119,24 @@ def find_annotation_file(dataset_key: str, raw: Path) -> tuple[DatasetInfo, str,
 
     Returns the registry entry whose rules apply, the format's key and the file's path.
     """
-    if dataset_key != SYNTHETIC and dataset_key not in REAL_DATASETS:
+    synthetic = is_synthetic(dataset_key)
+    if not synthetic and dataset_key not in REAL_DATASETS:
         raise UserInputError(
-            f"unknown dataset {dataset_key!r}. Fix: use one of {', '.join((*FORMATS, SYNTHETIC))}"
+            f"unknown dataset {dataset_key!r}. Fix: use one of {', '.join((*FORMATS, SYNTHETIC))} or synthetic-<name>"
         )
     if not raw.is_dir():
         what = "is not a folder" if raw.exists() else "does not exist"
         raise input_error(raw, f"the raw {dataset_key} folder {what}", where_to_get(dataset_key, raw))
     candidates = [
         (REAL_DATASETS[key], raw / name)
-        for key in ((dataset_key,) if dataset_key != SYNTHETIC else FORMATS)
+        for key in ((dataset_key,) if not synthetic else FORMATS)
         for name in REAL_DATASETS[key].annotation_files
         if (raw / name).is_file()
     ]
     if not candidates:
         names = (
             _all_annotation_names()
-            if dataset_key == SYNTHETIC
+            if synthetic
             else REAL_DATASETS[dataset_key].annotation_files
         )
         raise input_error(
@@ -151,7 +152,7 @@ def find_annotation_file(dataset_key: str, raw: Path) -> tuple[DatasetInfo, str,
             "keep exactly one of them in the folder",
         )
     fmt, path = candidates[0]
-    return (synthetic_info(fmt) if dataset_key == SYNTHETIC else fmt), fmt.key, path
+    return (synthetic_info(fmt, dataset_key) if synthetic else fmt), fmt.key, path
 
 
 # --- reading JSON -----------------------------------------------------------------------------
@@ -425,7 +426,7 @@ def min_id(info: DatasetInfo) -> int:
 
 
 def _check_train_ids(info: DatasetInfo, first_record: dict[int, int], problems: ProblemCollector) -> None:
-    """Train ids must be contiguous from the dataset's first id (spec §2.2).
+    """Train ids must be contiguous from the dataset's first id (docs/method.md#ids-splits-and-quirks).
 
     ``first_record`` maps each train id to the first record that has it.
     """

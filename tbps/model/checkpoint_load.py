@@ -6,7 +6,11 @@ Pretrained CLIP weights come through open_clip: a tag such as ``"openai"`` is re
 then go through :func:`load_checkpoint_weights` rather than ``open_clip.create_model(pretrained=...)``
 because open_clip discards the load result and always resizes position embeddings bicubically;
 here every missing, unexpected or mis-shaped key is reported, and the grid is resized bilinearly
-(spec §4: "bilinearly interpolated position embeddings") with open_clip's ``resize_pos_embed``.
+(docs/method.md#d10-resolution: "bilinearly interpolated position embeddings") with open_clip's ``resize_pos_embed``.
+
+A ``final.pt`` written by ``tbps train`` is accepted as pretrained weights too: its CLIP weights
+(the ``clip.`` part of the saved TBPSModel) load into a model of the same architecture, so a
+model of ours can stand in for pre-trained CLIP (the synthetic compression and few-shot probes).
 """
 
 from __future__ import annotations
@@ -177,7 +181,8 @@ def resolve_pretrained(model_name: str, pretrained: str) -> Path:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         raise UserInputError(
             f"model.pretrained={pretrained!r}: neither an open_clip tag for {model_name} nor an existing file. "
-            f"Fix: use one of the tags {tags}, a path to a weights file, or null for random initialisation"
+            f"Fix: use one of the tags {tags}, a path to a weights file or to a `tbps train` final.pt, or null "
+            f"for random initialisation"
         )
     return path
 
@@ -204,10 +209,52 @@ def resize_position_grid(state_dict: dict[str, torch.Tensor], clip_model: nn.Mod
     return True
 
 
+_CLIP_PREFIX = "clip."
+_HEAD_PREFIX = "simclr_head."
+
+
+def read_tbps_checkpoint(path: Path) -> dict | None:
+    """The payload of a ``final.pt``/``last.pt`` written by ``tbps train``, or None for any other file."""
+    try:
+        # mmap: telling the kinds of file apart must not read a large weights file twice.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a torch zip archive: the open_clip reader reports it
+        return None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict):
+        return state
+    return None
+
+
+def clip_weights_of_checkpoint(state: dict, model_name: str, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The CLIP tensors of a ``tbps train`` checkpoint (``clip.`` stripped) and the head keys left out."""
+    saved = state["config"].get("model", {})
+    if saved.get("name") != model_name:
+        raise input_error(path, f"it is a tbps checkpoint of {saved.get('name')!r}, not of {model_name!r}",
+                          f"set model.name to {saved.get('name')!r}, or use a checkpoint of {model_name}")
+    if saved.get("drop_text_layers"):
+        raise input_error(path, f"its text layers {saved['drop_text_layers']} were dropped, so it no longer has "
+                                f"the full {model_name} architecture", "start from a checkpoint without dropped layers")
+    weights, head = {}, []
+    for key, value in state["model"].items():
+        if key.startswith(_CLIP_PREFIX):
+            weights[key[len(_CLIP_PREFIX):]] = value
+        elif key.startswith(_HEAD_PREFIX):
+            head.append(key)  # a training-only branch of the source run, not part of CLIP
+        else:
+            weights[key] = value  # left to the strict load to report
+    return weights, head
+
+
 def load_pretrained(clip_model: nn.Module, model_name: str, pretrained: str) -> LoadReport:
-    """Load open_clip pretrained weights (tag or file) into an open_clip ``CLIP``; every key must fit."""
+    """Load pretrained weights (open_clip tag or file, or a ``tbps train`` checkpoint) into an open_clip
+    ``CLIP``; every key must fit."""
     path = resolve_pretrained(model_name, pretrained)
-    state_dict = read_weights_file(path)
+    ours = read_tbps_checkpoint(path) if path.suffix != ".safetensors" else None
+    ignored: list[str] = []
+    if ours is not None:
+        state_dict, ignored = clip_weights_of_checkpoint(ours, model_name, path)
+    else:
+        state_dict = read_weights_file(path)
     theta = state_dict.get("logit_scale")
     if theta is not None and theta.ndim != clip_model.logit_scale.ndim:  # scalar vs [1] across releases
         state_dict["logit_scale"] = theta.reshape(clip_model.logit_scale.shape)
@@ -215,4 +262,5 @@ def load_pretrained(clip_model: nn.Module, model_name: str, pretrained: str) -> 
     report = load_checkpoint_weights(clip_model, state_dict, strict=True, source=path)
     if resized:
         report.resized.append(_VISUAL_POS)
+    report.ignored.extend(ignored)
     return report

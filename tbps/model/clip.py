@@ -1,4 +1,4 @@
-"""The TBPS-CLIP dual encoder (spec §5): an open_clip CLIP with the recipe's changes.
+"""The TBPS-CLIP dual encoder (docs/method.md#recipe-changes): an open_clip CLIP with the recipe's changes.
 
 Changes from vanilla CLIP, all applied by :func:`build_model`:
 
@@ -13,10 +13,15 @@ Changes from vanilla CLIP, all applied by :func:`build_model`:
 4. Optional SimCLR head on the (unnormalised) projected image embedding (SS-I), and optionally a
    second one, of the same shape, on the projected text embedding (SS-T, docs/method.md D19).
 
+The compression probe's text-layer changes (paper §3.5) come last: dropped text layers are deleted
+after the weights are loaded, frozen ones join the frozen patch embedding in the model's
+:class:`~tbps.model.trainable.TrainableSelection`.
+
 Weights: ``ModelConfig.pretrained`` is an open_clip tag (``"openai"``: fetched into, or read
 from, open_clip's Hugging Face cache), a local weights file (e.g. that cached file copied to an
-offline cluster), or null for random initialisation. Tags and files both load strictly with a
-full :class:`~tbps.model.checkpoint_load.LoadReport`.
+offline cluster), a ``final.pt`` written by ``tbps train`` for the same architecture (a model of
+ours playing pre-trained CLIP), or null for random initialisation. All of them load strictly
+with a full :class:`~tbps.model.checkpoint_load.LoadReport`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from tbps.config import ModelConfig
 from tbps.errors import UserInputError
 from tbps.losses import clamped_logit_scale
 from tbps.model.checkpoint_load import LoadReport, load_pretrained
+from tbps.model.text_layers import TextLayerPlan, drop_text_layers, text_depth
 from tbps.model.tiny import TINY_MODELS, register_tiny_configs
+from tbps.model.trainable import ParameterCount, TrainableSelection, apply_selection
 
 
 class SimCLRHead(nn.Sequential):
@@ -121,6 +128,10 @@ class BuiltModel:
     """open_clip's tokenizer for the model: text(s) -> LongTensor [n, context_length]."""
     load_report: LoadReport | None
     """How the pretrained weights loaded; None for random initialisation."""
+    text_layers: TextLayerPlan
+    """Frozen and dropped text layers (1-based ids of the full architecture)."""
+    parameters: ParameterCount
+    """Trainable and total parameters of the built model."""
 
 
 def _is_resnet(model_cfg: dict) -> bool:
@@ -167,7 +178,7 @@ def _image_size(cfg: ModelConfig, model_cfg: dict) -> int | tuple[int, int]:
 
 
 def _quick_gelu(cfg: ModelConfig, model_cfg: dict) -> bool:
-    """QuickGELU where the weights were trained with it (OpenAI CLIP, spec §5)."""
+    """QuickGELU where the weights were trained with it (OpenAI CLIP, docs/method.md#architecture)."""
     if model_cfg.get("quick_gelu"):
         return True
     if cfg.pretrained and open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained):
@@ -186,6 +197,40 @@ def set_text_attention_dropout(clip: CLIP, p: float) -> int:
     return len(blocks)
 
 
+def text_layer_plan(cfg: ModelConfig, clip: CLIP) -> TextLayerPlan:
+    """The checked frozen/dropped text layers of ``cfg`` for ``clip`` (before any layer is dropped)."""
+    if cfg.compress_from_importance.table is not None:
+        raise UserInputError(
+            f"model.compress_from_importance.table={cfg.compress_from_importance.table!r} is still unresolved: "
+            f"`tbps train` turns it into model.freeze_text_layers or model.drop_text_layers before building the "
+            f"model. Fix: train the experiment, or list the layer ids yourself")
+    return TextLayerPlan.checked(text_depth(clip), cfg.freeze_text_layers, cfg.drop_text_layers)
+
+
+def trainable_selection(cfg: ModelConfig, plan: TextLayerPlan, *, only: tuple[str, ...] = ()) -> TrainableSelection:
+    """What a run of ``cfg`` trains: everything but the frozen patch embedding and frozen text layers.
+
+    ``only`` is for parameter-efficient methods: the prefixes of their own modules (the only
+    parameters they train).
+    """
+    frozen = ("clip.visual.conv1.",) if cfg.freeze_patch_embed else ()
+    return TrainableSelection(frozen=frozen + plan.frozen_prefixes(), only=only)
+
+
+def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *, with_simclr_head: bool,
+                   with_text_simclr_head: bool = False,
+                   only: tuple[str, ...] = ()) -> tuple[TBPSModel, ParameterCount]:
+    """The TBPSModel around a loaded ``clip``: text layers dropped, text attention dropout set, the
+    SimCLR heads added (image: SS-I, text: SS-T) and the trainable parameters selected (``only``: see
+    :func:`trainable_selection`)."""
+    drop_text_layers(clip, plan)
+    set_text_attention_dropout(clip, cfg.text_attn_dropout)
+    model = TBPSModel(clip, name=cfg.name, logit_scale_max=cfg.logit_scale_max,
+                      simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None,
+                      text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None)
+    return model, apply_selection(model, trainable_selection(cfg, plan, only=only))
+
+
 def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_head: bool = False) -> BuiltModel:
     """Build the TBPS-CLIP model for ``cfg`` (weights loaded, recipe changes applied); the SimCLR heads
     (image: SS-I, text: SS-T) only when asked for."""
@@ -199,6 +244,7 @@ def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_he
     model_cfg["vision_cfg"]["image_size"] = _image_size(cfg, model_cfg)
     model_cfg["quick_gelu"] = _quick_gelu(cfg, model_cfg)
     clip = CLIP(**model_cfg)
+    plan = text_layer_plan(cfg, clip)
     if _is_resnet(model_cfg):
         # Tiny-channel convolutions run ~1.5x faster channels-last on CPU (oneDNN); values are unchanged.
         clip.visual.to(memory_format=torch.channels_last)
@@ -207,16 +253,13 @@ def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_he
     if cfg.logit_scale_init is not None:
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(cfg.logit_scale_init))
-    if cfg.freeze_patch_embed:
-        clip.visual.conv1.requires_grad_(False)
-    n_text = set_text_attention_dropout(clip, cfg.text_attn_dropout)
-
-    model = TBPSModel(clip, name=cfg.name, logit_scale_max=cfg.logit_scale_max,
-                      simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None,
-                      text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("built %s (%s, image %s, QuickGELU %s, text attention dropout %.3g in %d blocks, %s trainable "
-             "parameters, SimCLR heads: image %s, text %s)", cfg.name, report.summary() if report else "random init",
-             model.image_size, model_cfg["quick_gelu"], cfg.text_attn_dropout, n_text, f"{trainable:,}",
+    model, counts = assemble_model(clip, cfg, plan, with_simclr_head=with_simclr_head,
+                                   with_text_simclr_head=with_text_simclr_head)
+    log.info("built %s (%s, image %s, QuickGELU %s, text attention dropout %.3g in %d blocks, text layers frozen "
+             "%s dropped %s, %s of %s parameters trainable, SimCLR heads: image %s, text %s)", cfg.name,
+             report.summary() if report else "random init", model.image_size, model_cfg["quick_gelu"],
+             cfg.text_attn_dropout, len(clip.transformer.resblocks), list(plan.frozen) or "none",
+             list(plan.dropped) or "none", f"{counts.trainable:,}", f"{counts.total:,}",
              "yes" if with_simclr_head else "no", "yes" if with_text_simclr_head else "no")
-    return BuiltModel(model=model, tokenizer=open_clip.get_tokenizer(cfg.name), load_report=report)
+    return BuiltModel(model=model, tokenizer=open_clip.get_tokenizer(cfg.name), load_report=report,
+                      text_layers=plan, parameters=counts)

@@ -1,4 +1,4 @@
-"""Optimiser parameter groups (spec §7): which parameters get weight decay."""
+"""Optimiser parameter groups (docs/method.md#optimisation): which parameters get weight decay."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: ``decay`` (``weight_decay``) and ``no_decay`` (0). Frozen parameters are left out.
 
     Each group carries ``group_name`` and ``names`` (for logging and tests); the learning rate
-    is not set here because every parameter uses the same one (spec §7).
+    is not set here because every parameter uses the same one (docs/method.md#optimisation).
     """
     norm_params = {
         id(p)

@@ -1,4 +1,5 @@
-"""The prepared caption table as the shard steps read it: validated, one row per image."""
+"""The prepared caption table as the shard plan reads it: validated, joined with the augmented captions,
+one row per image."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ _REQUIRED_COLUMNS = (
     "image_index", "image_path", "caption_index", "caption",
 )
 _NON_NULL_COLUMNS = ("caption_id", "split", "person_id", "image_index", "image_path", "caption")
+_AUG_COLUMNS = ("caption_id", "caption", "caption_aug")
 
 
 def read_annotations(path: Path, split: str | None = None) -> pl.DataFrame:
@@ -55,3 +57,25 @@ def image_table(df: pl.DataFrame, path: Path) -> pl.DataFrame:
             record=int(first["caption_id"][0]),
         )
     return images.drop("_paths", "_pids")
+
+
+def join_augmented(df: pl.DataFrame, augmented: Path) -> pl.DataFrame:
+    """Left-join the augmented captions on caption_id (null where a caption has none)."""
+    aug = read_parquet_checked(augmented, "augmented captions", "regenerate them with `tbps augment` (or drop "
+                               "--augmented)", _AUG_COLUMNS)
+    aug = aug.with_columns(pl.col("caption_id").cast(pl.Int64))
+    dup = aug.filter(pl.col("caption_id").is_duplicated())
+    if dup.height:
+        raise input_error(augmented, f"caption_id {dup['caption_id'][0]} appears more than once",
+                          "regenerate it with `tbps augment`", record=int(dup["caption_id"][0]))
+    joined = df.join(
+        aug.select("caption_id", pl.col("caption").alias("_aug_source"), "caption_aug"),
+        on="caption_id", how="left",
+    )
+    # A caption changed since augmentation means the augment output is stale for this table.
+    stale = joined.filter(pl.col("_aug_source").is_not_null() & (pl.col("_aug_source") != pl.col("caption")))
+    if stale.height:
+        cid = int(stale["caption_id"][0])
+        raise input_error(augmented, f"caption_id {cid}: source caption differs from annotations",
+                          "rerun `tbps augment` on the current annotations", record=cid)
+    return joined.drop("_aug_source")

@@ -13,8 +13,7 @@ from typing import Any
 
 from tbps.errors import input_error
 from tbps.fileio import read_json_checked, sha256_file, write_json_atomic
-from tbps.shards.layout import rewrite_hint, sidecar_path
-from tbps.shards.plan import load_plan
+from tbps.shards.layout import load_plan, rewrite_hint, sidecar_path
 
 log = logging.getLogger(__name__)
 

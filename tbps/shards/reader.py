@@ -8,7 +8,7 @@ valid shard put in its place would otherwise give other metrics under the same h
 Hashes are remembered per (file, size, mtime), so validating every epoch costs nothing.
 
 Safety: shard contents are read by :func:`tbps.shards.samples.read_samples` only: image
-(jpg/png), JSON and text members; any other member is never read, so never unpickled
+(jpg/png) and JSON members; any other member is never read, so never unpickled
 (webdataset's default decoders run ``pickle.loads`` on ``.pyd`` members). Images decode
 with :func:`tbps.image_decode.decode_image`. Shard locations come from the manifest as
 plain file names resolved in its folder, so a manifest cannot smuggle in ``pipe:``
@@ -153,7 +153,7 @@ def _decoded_samples(sources: Iterable[dict[str, str]]) -> Iterator[dict[str, An
         url = source["url"]
         for sample in read_samples(url, with_images=True):
             yield {"__key__": sample.key, "__url__": url, "image": shard_image(url, sample.key, sample.image),
-                   "json": sample.meta, "txt": sample.txt}
+                   "json": sample.meta}
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -183,7 +183,7 @@ class _ShardList(IterableDataset):
 
 
 def open_shards(source: str | os.PathLike | Sequence[str], *, num_workers: int | None = None) -> wds.DataPipeline:
-    """A pipeline of decoded samples ``{"__key__", "__url__", "image": PIL RGB, "json": dict, "txt": str}``.
+    """A pipeline of decoded samples ``{"__key__", "__url__", "image": PIL RGB, "json": dict}``.
 
     ``source``: a ``manifest.json`` path (its shards are checked against it first, see
     :func:`verified_shard_paths`) or a list of local shard paths (read as they are).

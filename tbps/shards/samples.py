@@ -3,8 +3,8 @@
 The one reader of shard contents: the streaming reader (evaluation, search) and the
 training index both walk shards with :func:`read_samples`, so a damaged shard gets the
 same message in every stage. A shard written by ``tbps shards write`` holds, per sample,
-adjacent members ``KEY.jpg|png``, ``KEY.json`` and ``KEY.txt`` with flat names, and ends
-with the tar end-of-archive marker. Anything else is refused with a
+adjacent members ``KEY.jpg|png`` and ``KEY.json`` with flat names, and ends with the tar
+end-of-archive marker. Anything else is refused with a
 :class:`~tbps.errors.UserInputError` naming the shard, the sample and how to rewrite it:
 a file that is not a tar, an empty or truncated file, a member that is a path
 (``../x.jpg``), a link or a folder, a sample without its image or JSON, invalid JSON or
@@ -50,7 +50,6 @@ class ShardSample:
     """The decoded JSON member (checked: captions, person_id, image_path)."""
     image: bytes | None = None
     """The image member's bytes (only when read with ``with_images``)."""
-    txt: str = ""
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
@@ -90,7 +89,6 @@ class _Sample:
         self.key = key
         self.image: tuple[str, int, int, bytes | None] | None = None
         self.meta: dict[str, Any] | None = None
-        self.txt = ""
 
     def finished(self, shard: Path) -> ShardSample:
         if self.image is None:
@@ -98,7 +96,7 @@ class _Sample:
         if self.meta is None:
             raise damaged(shard, "has no json member (its person id and captions)", self.key)
         ext, offset, size, data = self.image
-        return ShardSample(self.key, ext, offset, size, self.meta, data, self.txt)
+        return ShardSample(self.key, ext, offset, size, self.meta, data)
 
 
 def read_samples(shard: str | os.PathLike, *, with_images: bool) -> Iterator[ShardSample]:
@@ -144,20 +142,20 @@ def read_samples(shard: str | os.PathLike, *, with_images: bool) -> Iterator[Sha
                         raise damaged(shard, "has two image members", key)
                     data = tar.extractfile(member).read() if with_images else None
                     current.image = (ext, member.offset_data, member.size, data)
-                elif ext == "json":
+                else:
                     current.meta = _meta(shard, key, tar.extractfile(member).read())
-                elif with_images:  # txt: the captions again, for people reading the tar
-                    current.txt = tar.extractfile(member).read().decode("utf-8", errors="replace")
             end = tar.offset
         except (tarfile.TarError, EOFError, OSError) as e:
             raise damaged(shard, f"damaged tar data ({e})") from None
-        if current is not None:
-            yield current.finished(shard)
+    # The end marker is checked before the last sample is finished: a file cut between members
+    # is reported as truncated, not as a last sample that lacks a member.
     with open(shard, "rb") as f:
         f.seek(end)
         rest = f.read(_TAIL_CHECKED)
     if size - end < _END_OF_ARCHIVE or rest.strip(b"\0"):
         raise damaged(shard, f"the tar data stops at byte {end} without the end-of-archive marker "
                              "(truncated or damaged)")
+    if current is not None:
+        yield current.finished(shard)
     if ignored:
         log.warning("%s: ignored %d members of unknown type (never read)", shard, ignored)

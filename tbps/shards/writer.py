@@ -1,6 +1,6 @@
 """Step 2 of writing shards (``tbps shards write``): one planned shard -> tar + sidecar.
 
-Deterministic and atomic: the same plan, table and images give a byte-identical tar,
+Deterministic and atomic: the same plan (with its sample table) and images give a byte-identical tar,
 which appears under its name only when complete, followed by its sidecar
 ``<shard>.json`` (counts, sha256, the rejected images). :func:`write_split` runs the
 three steps (:mod:`tbps.shards.plan`, this module, :mod:`tbps.shards.manifest`) in one
@@ -10,7 +10,6 @@ process for tests and benchmarks.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tarfile
@@ -19,18 +18,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from PIL import Image
 
 from tbps.errors import UserInputError, input_error
-from tbps.fileio import atomic_path, read_parquet_checked, sha256_file, write_json_atomic
+from tbps.fileio import atomic_path, sha256_file, write_json_atomic
 from tbps.image_decode import ImageDecodeError, decode_image
 from tbps.ingest.image_files import RefusedImagePath, raw_image_file
 from tbps.progress import progress as progress_bar
-from tbps.shards.image_table import image_table, read_annotations
-from tbps.shards.layout import sample_key, sidecar_path
-from tbps.shards.manifest import build_manifest
-from tbps.shards.plan import DEFAULT_MAX_SAMPLES, load_plan, plan_shards
+from tbps.shards.layout import DEFAULT_MAX_SAMPLES, load_plan, sample_key, sidecar_path
+from tbps.shards.plan_samples import read_shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +43,6 @@ _TAR_MTIME = 0
 _TAR_USER = "tbps"
 _TAR_MODE = 0o444
 
-_AUG_COLUMNS = ("caption_id", "caption", "caption_aug")
 # PIL format name -> member extension kept as is ("MPO" is a JPEG with extra frames).
 _KEEP_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png"}
 
@@ -148,57 +143,6 @@ def encode_image(
     return "png", out.getvalue(), image_format == "keep"
 
 
-def _sample_json(row: dict[str, Any]) -> bytes:
-    n = len(row["caption"])
-    aug = row["caption_aug"] if isinstance(row["caption_aug"], list) else [None] * n
-    meta = {
-        "dataset": row["dataset"],
-        "split": row["split"],
-        "person_id": int(row["person_id"]),
-        "train_id": None if row["train_id"] is None else int(row["train_id"]),
-        "image_index": int(row["image_index"]),
-        "image_path": row["image_path"],
-        "captions": list(row["caption"]),
-        "captions_aug": list(aug),
-        "caption_ids": [int(c) for c in row["caption_id"]],
-    }
-    return json.dumps(meta, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def _join_augmented(df: pl.DataFrame, augmented: Path) -> pl.DataFrame:
-    """Left-join the augmented captions on caption_id (null where a caption has none)."""
-    aug = read_parquet_checked(augmented, "augmented captions", "regenerate them with `tbps augment` (or drop "
-                               "--augmented)", _AUG_COLUMNS)
-    aug = aug.with_columns(pl.col("caption_id").cast(pl.Int64))
-    dup = aug.filter(pl.col("caption_id").is_duplicated())
-    if dup.height:
-        raise input_error(augmented, f"caption_id {dup['caption_id'][0]} appears more than once",
-                          "regenerate it with `tbps augment`", record=int(dup["caption_id"][0]))
-    joined = df.join(
-        aug.select("caption_id", pl.col("caption").alias("_aug_source"), "caption_aug"),
-        on="caption_id", how="left",
-    )
-    # A caption changed since augmentation means the augment output is stale for this table.
-    stale = joined.filter(pl.col("_aug_source").is_not_null() & (pl.col("_aug_source") != pl.col("caption")))
-    if stale.height:
-        cid = int(stale["caption_id"][0])
-        raise input_error(augmented, f"caption_id {cid}: source caption differs from annotations",
-                          "rerun `tbps augment` on the current annotations", record=cid)
-    return joined.drop("_aug_source")
-
-
-@dataclass(frozen=True)
-class ShardSources:
-    """What a split's shards are written from."""
-
-    annotations: Path
-    """``annotations.parquet`` from ``tbps prepare`` (the table the plan was made from)."""
-    raw: Path
-    """The raw dataset folder; image paths are relative to it."""
-    augmented: Path | None = None
-    """``captions_aug.parquet`` from ``tbps augment``, joined on caption_id (train only)."""
-
-
 @dataclass(frozen=True)
 class ImageEncoding:
     """How images are stored in the shards: the original bytes, or re-encoded (and resized)."""
@@ -239,81 +183,61 @@ def _planned_entry(plan: dict[str, Any], plan_path: Path, shard_index: int, out:
     return entry
 
 
-def _planned_rows(plan: dict[str, Any], plan_path: Path, shard_index: int,
-                  sources: ShardSources) -> dict[int, dict[str, Any]]:
-    """The image rows of the shard's planned images (captions, augmented captions, metadata) by image_index."""
-    annotations = sources.annotations
-    annotations_sha = sha256_file(annotations) if annotations.is_file() else None
-    if annotations_sha != plan["annotations_sha256"]:
-        read_annotations(annotations)  # a clear error if the file is missing/broken
-        raise input_error(plan_path, f"the plan was made from a different {annotations.name}",
-                          "rerun `tbps shards plan` on the current annotations")
-    wanted = plan["shards"][shard_index]["image_indices"]
-    df = read_annotations(annotations, plan["split"]).filter(pl.col("image_index").is_in(wanted))
-    if sources.augmented is not None:
-        df = _join_augmented(df, sources.augmented)
-    rows = {r["image_index"]: r for r in image_table(df, annotations).iter_rows(named=True)}
-    lost = [i for i in wanted if i not in rows]
-    if lost:
-        raise input_error(plan_path, f"image_index {lost[0]} of shard {shard_index} is not in {annotations}",
-                          "rerun `tbps shards plan`")
-    return rows
-
-
-def _sample_members(row: dict[str, Any], raw: Path, encoding: ImageEncoding) -> tuple[dict[str, bytes], bool]:
+def _sample_members(image_path: str, meta: bytes, raw: Path, encoding: ImageEncoding
+                    ) -> tuple[dict[str, bytes], bool]:
     """The tar members of one image's sample and whether its image was converted to PNG.
 
     Raises :class:`ImageRejected` for an image that cannot be read or decoded.
     """
     try:
         # Checked again here, not only by `tbps prepare`: a link may have changed since.
-        data = raw_image_file(raw, row["image_path"]).read_bytes()
+        data = raw_image_file(raw, image_path).read_bytes()
     except RefusedImagePath as refused:
         raise ImageRejected(refused.reason, refused.detail) from None
     except OSError as e:
         raise ImageRejected("unreadable_file", f"{type(e).__name__}: {e.strerror}") from e
     ext, image_bytes, converted = encode_image(data, image_format=encoding.image_format,
                                                image_size=encoding.image_size, jpeg_quality=encoding.jpeg_quality)
-    members = {ext: image_bytes, "json": _sample_json(row), "txt": "\n".join(row["caption"]).encode("utf-8")}
-    return members, converted
+    return {ext: image_bytes, "json": meta}, converted
 
 
 def write_shard(
     plan_path: str | os.PathLike,
     shard_index: int,
     out: str | os.PathLike,
-    sources: ShardSources,
+    raw: str | os.PathLike,
     *,
     encoding: ImageEncoding = ImageEncoding(),
     on_sample: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Write planned shard ``shard_index`` to ``out`` (+ sidecar ``out.with_suffix('.json')``).
 
+    The samples (their JSON members) come from the plan's sample table, this shard's rows only
+    (:func:`tbps.shards.plan_samples.read_shard_samples`); the images from ``raw``.
     Undecodable/unreadable images are rejected and listed in the sidecar (accepted +
     rejected = planned). Both files are written atomically; the tar is renamed into
     place before the sidecar, and :func:`tbps.shards.manifest.build_manifest` checks
     that they match. ``on_sample`` is called after every planned image (progress).
     Returns the sidecar dict.
     """
-    plan_path, out = Path(plan_path), Path(out)
+    plan_path, out, raw = Path(plan_path), Path(out), Path(raw)
     plan = load_plan(plan_path)
     entry = _planned_entry(plan, plan_path, shard_index, out)
     encoding = encoding.checked()
-    rows = _planned_rows(plan, plan_path, shard_index, sources)
+    samples = read_shard_samples(plan, plan_path, shard_index)
     wanted = entry["image_indices"]
 
     rejected: list[dict[str, Any]] = []
     converted = 0
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as stream, _SampleTar(stream) as sink:
-            for image_index in wanted:
-                row = rows[image_index]
+            for image_index, member, meta in samples:
                 try:
-                    members, was_converted = _sample_members(row, sources.raw, encoding)
+                    members, was_converted = _sample_members(meta["image_path"], member, raw, encoding)
                 except ImageRejected as r:
-                    rejected.append({"image_index": image_index, "image_path": row["image_path"],
+                    rejected.append({"image_index": image_index, "image_path": meta["image_path"],
                                      "reason": r.reason, "detail": r.detail})
-                    log.warning("shard %s: rejected %s (%s: %s)", entry["name"], row["image_path"],
+                    log.warning("shard %s: rejected %s (%s: %s)", entry["name"], meta["image_path"],
                                 r.reason, r.detail)
                 else:
                     converted += was_converted
@@ -335,7 +259,6 @@ def write_shard(
             "image_format": encoding.image_format,
             "image_size": list(encoding.image_size) if encoding.image_size else None,
             "jpeg_quality": encoding.jpeg_quality if encoding.image_format == "jpg" else None,
-            "augmented_sha256": sha256_file(sources.augmented) if sources.augmented is not None else None,
         },
     }
     write_json_atomic(sidecar_path(out), sidecar)
@@ -361,18 +284,20 @@ def write_split(
 ) -> dict[str, Any]:
     """Plan, write every shard and the manifest of one split in this process.
 
-    Same files as the three CLI steps (``out_dir``/plan.json, shards + sidecars,
-    manifest.json). Returns the manifest.
+    Same files as the three CLI steps (``out_dir``/plan.json + plan_samples.parquet, shards +
+    sidecars, manifest.json). Returns the manifest.
     """
+    # Imported here: a shard job (write_shard) runs without polars, which only the plan needs.
+    from tbps.shards.manifest import build_manifest
+    from tbps.shards.plan import plan_shards
+
     out_dir = Path(out_dir)
-    plan = plan_shards(annotations, split, raw, max_samples=max_samples, max_bytes=max_bytes,
-                       seed=seed, name_prefix=name_prefix)
     plan_path = out_dir / "plan.json"
-    write_json_atomic(plan_path, plan)
+    plan = plan_shards(annotations, split, raw, plan_path, augmented=augmented, max_samples=max_samples,
+                       max_bytes=max_bytes, seed=seed, name_prefix=name_prefix)
     with progress_bar(total=plan["num_samples"], desc=f"shards {split}", unit="img", disable=not progress) as bar:
-        sources = ShardSources(Path(annotations), Path(raw), Path(augmented) if augmented is not None else None)
         encoding = ImageEncoding(image_format, image_size, jpeg_quality)
         for index, entry in enumerate(plan["shards"]):
-            write_shard(plan_path, index, out_dir / entry["name"], sources, encoding=encoding,
+            write_shard(plan_path, index, out_dir / entry["name"], raw, encoding=encoding,
                         on_sample=lambda: bar.update(1))
     return build_manifest(plan_path, out_dir / "manifest.json")

@@ -1,21 +1,25 @@
 # Raw data -> normalised caption table.
 
 
-if SYNTHETIC in DATASETS:
+# One generator rule per synthetic dataset (`synthetic`: rule synth; `synthetic-<name>`: rule
+# synth_<name>), each writing its own raw folder.
+for synth_dataset in SYNTHETIC_DATASETS:
 
-    rule synth:
-        """Generate the embedded synthetic pedestrian dataset in a published annotation format.
+    rule:
+        """Generate a synthetic pedestrian dataset in a published annotation format.
 
         `tbps synth` replaces an existing folder only if it made it (a marker file with its
         parameters): a changed synth_ids/synth_seed regenerates the folder in place, while a
         `raw:` pointing at any other non-empty folder (a real download) stops with a message.
         """
+        name:
+            synth_rule_name(synth_dataset)
         output:
-            annotation=synthetic_annotation(),
+            annotation=synthetic_annotation(synth_dataset),
         log:
-            "logs/synth/synthetic.log",
+            f"logs/synth/{synth_dataset}.log",
         benchmark:
-            "logs/benchmarks/synth/synthetic.tsv"
+            f"logs/benchmarks/synth/{synth_dataset}.tsv"
         conda:
             "../../envs/tbps.yaml"
         threads: 1
@@ -24,9 +28,9 @@ if SYNTHETIC in DATASETS:
             runtime=30,
         params:
             raw=get_output_folder,
-            fmt=dataset_format(SYNTHETIC),
-            ids=get_synth_option("synth_ids"),
-            seed=get_synth_option("synth_seed"),
+            fmt=dataset_format(synth_dataset),
+            ids=get_synth_option(synth_dataset, "synth_ids"),
+            seed=get_synth_option(synth_dataset, "synth_seed"),
         shell:
             "python -m tbps synth --format {params.fmt:q} --out {params.raw:q}"
             " --ids {params.ids:q} --seed {params.seed:q} > {log:q} 2>&1"

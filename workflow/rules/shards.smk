@@ -5,11 +5,14 @@
 
 
 checkpoint shard_plan:
-    """Fix the seeded sample order of a split and cut it into shards."""
+    """Fix the seeded sample order of a split, cut it into shards and write each sample's metadata
+    by shard: the one job of a split that reads the caption tables."""
     input:
         table="results/{dataset}/prepared/annotations.parquet",
+        augmented=get_augmented_captions,
     output:
         plan="results/{dataset}/shards/{split}/plan.json",
+        samples="results/{dataset}/shards/{split}/plan_samples.parquet",
     log:
         "logs/shards/{dataset}/{split}/plan.log",
     conda:
@@ -24,17 +27,17 @@ checkpoint shard_plan:
         max_bytes=get_shard_max_bytes,
         seed=config["shards"]["seed"],
     shell:
-        "python -m tbps shards plan --captions {input.table:q} --split {wildcards.split:q}"
-        " --raw {params.raw:q} --out {output.plan:q} --max-samples {params.max_samples:q}"
+        "python -m tbps shards plan --captions {input.table:q} --augmented {input.augmented:q}"
+        " --split {wildcards.split:q} --raw {params.raw:q} --out {output.plan:q} --max-samples {params.max_samples:q}"
         " --max-bytes {params.max_bytes:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule shard:
-    """Write one shard (tar) and its stats sidecar; undecodable images are counted, not lost."""
+    """Write one shard (tar) and its stats sidecar from its rows of the plan and the images;
+    undecodable images are counted, not lost."""
     input:
         plan="results/{dataset}/shards/{split}/plan.json",
-        table="results/{dataset}/prepared/annotations.parquet",
-        augmented=get_augmented_captions,
+        samples="results/{dataset}/shards/{split}/plan_samples.parquet",
     output:
         tar="results/{dataset}/shards/{split}/shard-{index}.tar",
         stats="results/{dataset}/shards/{split}/shard-{index}.json",
@@ -53,8 +56,7 @@ rule shard:
         image_size=get_shard_image_size,
     shell:
         "python -m tbps shards write --plan {input.plan:q} --shard-index {wildcards.index:q}"
-        " --captions {input.table:q} --augmented {input.augmented:q} --raw {params.raw:q}"
-        " --out {output.tar:q} --image-size {params.image_size:q} > {log:q} 2>&1"
+        " --raw {params.raw:q} --out {output.tar:q} --image-size {params.image_size:q} > {log:q} 2>&1"
 
 
 rule shards_present:

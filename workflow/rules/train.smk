@@ -7,6 +7,10 @@ rule train:
         experiment=get_experiment_file,
         train="results/{dataset}/shards/train/manifest.json",
         val=get_val_manifest,
+        # A model of ours standing in for pre-trained CLIP (the probes' synthetic stand-in) is built first.
+        pretrained=get_pretrained_checkpoint,
+        # A compression run with `layers: importance` reads its layer ids from the measured table.
+        importance=get_importance_input,
     output:
         final="results/{dataset}/{experiment}/train/final.pt",
         log_table=report(
@@ -36,7 +40,7 @@ rule train:
     params:
         out=get_output_folder,
         launcher=get_launcher,
-        overrides=get_few_shot_overrides,
+        overrides=get_run_overrides,
     shell:
         # --resume: a requeued or interrupted job continues from its last checkpoint.
         "{params.launcher:q} train --experiment {input.experiment:q} --train {input.train:q}"
