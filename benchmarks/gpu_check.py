@@ -240,21 +240,23 @@ class Check:
                 return self.commands(results)
         for split, manifest in self.manifests().items():
             plan = manifest.parent / "plan.json"
-            results.append(self.run("data", ["-m", "tbps", "shards", "plan", "--captions", str(d / "annotations.parquet"),
-                                             "--split", split, "--raw", str(raw), "--out", str(plan), "--max-samples",
-                                             str(s["shard_samples"]), "--seed", "0"], forbid=False))
+            argv = ["-m", "tbps", "shards", "plan", "--captions", str(d / "annotations.parquet"), "--split", split,
+                    "--raw", str(raw), "--out", str(plan), "--max-samples", str(s["shard_samples"]), "--seed", "0"]
+            if split == "train":  # as the workflow: the paraphrases travel with the train split only
+                argv += ["--augmented", str(d / "captions_aug.parquet")]
+            results.append(self.run("data", argv, forbid=False))
             if results[-1]["status"] != "ok":
                 return self.commands(results)
-            shards = json.loads(plan.read_text())["shards"]
-            for index, shard in enumerate(shards):
-                argv = ["-m", "tbps", "shards", "write", "--plan", str(plan), "--shard-index", str(index),
-                        "--captions", str(d / "annotations.parquet"), "--raw", str(raw),
-                        "--out", str(manifest.parent / shard["name"])]
-                if split == "train":
-                    argv += ["--augmented", str(d / "captions_aug.parquet")]
-                results.append(self.run("data", argv, forbid=False))
+            for index, shard in enumerate(json.loads(plan.read_text())["shards"]):
+                results.append(self.run("data", ["-m", "tbps", "shards", "write", "--plan", str(plan), "--shard-index",
+                                                 str(index), "--raw", str(raw), "--out", str(manifest.parent / shard["name"])],
+                                        forbid=False))
+                if results[-1]["status"] != "ok":
+                    return self.commands(results)
             results.append(self.run("data", ["-m", "tbps", "shards", "manifest", "--plan", str(plan), "--out",
                                              str(manifest)], forbid=False))
+            if results[-1]["status"] != "ok":
+                return self.commands(results)
         out = self.commands(results)
         out["commands"] = f"{len(results)} commands, {sum(r['status'] == 'ok' for r in results)} ok"
         return out
