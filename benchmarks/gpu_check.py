@@ -427,7 +427,8 @@ def render_markdown(summary: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in train_rows:
             if r.get("status") == "oom":
-                lines.append(f"| {r['experiment']} | {r['mode']} | {r['batch']} | {r['chunk']} | out of memory | | | | |")
+                oom = "out of memory (simulated)" if r.get("simulated") else "out of memory"
+                lines.append(f"| {r['experiment']} | {r['mode']} | {r['batch']} | {r['chunk']} | {oom} | | | | |")
                 continue
             mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "skipped: no CUDA"
             hfu = f"{100 * r['hfu']:.1f}%" if "hfu" in r else "skipped: no CUDA"

@@ -519,7 +519,8 @@ def sweep_preset(args, rig: Rig) -> list[dict]:
     for batch in args.sweep_batches:
         row = try_synthetic(rig, preset, batch, 0, args.steps, args.warmup)
         if row is None:
-            rows.append({"experiment": preset, "mode": "synthetic", "batch": batch, "chunk": 0, "status": "oom"})
+            rows.append({"experiment": preset, "mode": "synthetic", "batch": batch, "chunk": 0, "status": "oom",
+                         "simulated": args.simulate_oom_above is not None})
             continue
         rows.append({**row, "status": "ok", "note": "largest unchunked batch that fits"})
         largest = batch
@@ -538,7 +539,8 @@ def sweep_preset(args, rig: Rig) -> list[dict]:
             if row is not None:
                 rows.append({**row, "status": "ok", "note": f"batch {target} by gradient caching"})
                 break
-            rows.append({"experiment": preset, "mode": "synthetic", "batch": target, "chunk": chunk, "status": "oom"})
+            rows.append({"experiment": preset, "mode": "synthetic", "batch": target, "chunk": chunk, "status": "oom",
+                         "simulated": args.simulate_oom_above is not None})
             chunk //= 2
         if chunk == 0:
             return rows
