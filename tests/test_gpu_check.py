@@ -24,7 +24,7 @@ def tiny_check(tmp_path_factory):
 
 def test_tiny_check_writes_summary_tables_and_part_json(tiny_check):
     summary = json.loads((tiny_check / "summary.json").read_text())
-    assert list(summary["parts"]) == ["sanity", "eval"]
+    assert set(summary["parts"]) == {"sanity", "eval"}
     sanity = summary["parts"]["sanity"]
     assert sanity["status"] == "ok" and sanity["data"]["torch_version"]
     # No CUDA here: the GPU-only figures say so instead of giving a number.
