@@ -80,7 +80,7 @@ BLOCKER = (
 SIZES = {
     "full": {
         "budget_s": 450,
-        "caps": {"sanity": 60, "train": 170, "exactness": 90, "eval": 75, "data": 90, "loader": 150,
+        "caps": {"sanity": 60, "train": 170, "exactness": 90, "eval": 75, "data": 90, "loader": 200,
                  "eval-split": 60, "e2e": 200},
         "matmul": 8192,
         "presets": ("tbps_clip_simplified", "tbps_clip"), "overrides": ("model.pretrained=null",),
