@@ -312,8 +312,10 @@ class Check:
         m = self.manifests()
         if not m["train"].is_file():
             return {"status": "skipped: no shards (part data)"}
-        e, run = self.size["e2e"], self.out / "e2e"
-        shutil.rmtree(run, ignore_errors=True)
+        e, root = self.size["e2e"], self.out / "e2e"
+        shutil.rmtree(root, ignore_errors=True)
+        # The workflow's layout (results/{dataset}/{experiment}/...), which collect reads val curves' owners from.
+        run = root / "synthetic" / e["experiment"]
         overrides = [*self.size["overrides"], f"data.batch_size={e['batch']}", f"optim.epochs={e['epochs']}",
                      f"data.num_workers={self.size['workers']}", f"train.checkpoint_every_steps={e['first']}"]
         train = ["-m", "tbps", "train", "--experiment", str(EXPERIMENTS / f"{e['experiment']}.yaml"), "--train",
@@ -329,8 +331,9 @@ class Check:
             [*evaluate, "--out", str(run / "eval-bf16" / "test.parquet"), "--precision", "bf16"],
             ["-m", "tbps", "plots", "training", "--log", str(run / "train" / "train_log.parquet"), "--val-curve",
              str(run / "train" / "val_curve.parquet"), "--out", str(run / "training.png")],
-            ["-m", "tbps", "collect", "--inputs", str(run / "eval" / "test.parquet"), str(run / "eval-bf16" / "test.parquet"),
-             "--out", str(run / "metrics.parquet")],
+            # The fp32 row only: one row per (experiment, split, direction); the bf16 row's drift is read below.
+            ["-m", "tbps", "collect", "--inputs", str(run / "eval" / "test.parquet"), "--val-curves",
+             str(run / "train" / "val_curve.parquet"), "--out", str(root / "synthetic" / "metrics.parquet")],
         ]
         results = []
         for argv in steps:
