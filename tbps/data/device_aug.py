@@ -18,7 +18,9 @@ random stream outside the seeded draws, and the device side draws nothing.
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 
 import torch
 from PIL import Image
@@ -70,8 +72,9 @@ class _Replay:
         return torch.empty(1).uniform_(low, high, generator=self.gen).item()
 
     def coin(self, p: float) -> bool:
-        """torchvision's ``torch.rand(1) >= p`` skip test, as 'applied'."""
-        return bool(torch.rand(1, generator=self.gen) < p)
+        """torchvision's ``torch.rand(1) >= p`` skip test, as 'applied'. torch compares a float32 tensor with
+        ``p`` rounded to float32; both are float32 values, so comparing them as Python floats is the same."""
+        return torch.rand(1, generator=self.gen).item() < _float32(p)
 
     def randint(self, low: int, high: int) -> int:
         return torch.randint(low, high, size=(1,), generator=self.gen).item()
@@ -120,6 +123,12 @@ class _Replay:
         return factors + order
 
 
+@functools.cache
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+@functools.cache
 def _log_ratio(op: v2.Transform) -> tuple[float, float]:
     """The op's aspect-ratio range in log space, exactly as torchvision passes it to ``uniform_``."""
     return tuple(float(v) for v in op._log_ratio)
@@ -184,24 +193,28 @@ class ViewDraws:
         """Slots of a main/MVS view (0 without augmentation)."""
         return {"pool": self.train.aug.pool_draws, "stack": len(self.train.aug.ops)}.get(self.train.aug.strategy, 0)
 
-    def train_view(self, gen: torch.Generator, view_gen: torch.Generator | None = None) -> Tensor:
-        """The parameters :meth:`TrainTransform.augment` would use (it draws nothing for strategy 'none');
-        ``view_gen``: a scratch generator to reseed (a new one if None)."""
-        names = self.train.draw_ops(gen)
-        slots = []
-        if self.train.aug.strategy in ("pool", "stack"):
-            draw = _view_generator(gen, view_gen or torch.Generator())
-            slots = [_op_slot(name, self.train.ops[name], draw, self.size) for name in names]
-        return _pack(slots)
+    def train_view(self, gen: torch.Generator) -> Tensor:
+        """The parameters :meth:`TrainTransform.augment` would use (it draws nothing for strategy 'none')."""
+        return _pack(self._train_slots(gen, torch.Generator()))
 
-    def simclr_view(self, gen: torch.Generator, source_size: tuple[int, int],
-                    view_gen: torch.Generator | None = None) -> Tensor:
+    def simclr_view(self, gen: torch.Generator, source_size: tuple[int, int]) -> Tensor:
         """The parameters of :class:`SimCLRTransform` for an image of ``source_size`` (height, width); the crop
         box becomes the same share of the training-size image, which is what the device crops."""
+        return _pack(self._simclr_slots(gen, source_size, torch.Generator()))
+
+    def _train_slots(self, gen: torch.Generator, view_gen: torch.Generator) -> list[list[float]]:
+        names = self.train.draw_ops(gen)
+        if self.train.aug.strategy not in ("pool", "stack"):
+            return []
+        draw = _view_generator(gen, view_gen)
+        return [_op_slot(name, self.train.ops[name], draw, self.size) for name in names]
+
+    def _simclr_slots(self, gen: torch.Generator, source_size: tuple[int, int],
+                      view_gen: torch.Generator) -> list[list[float]]:
         crop, jitter, gray, blur, flip = self.simclr.ops.transforms
         height0, width0 = source_size
         h, w = self.size
-        draw = _view_generator(gen, view_gen or torch.Generator())
+        draw = _view_generator(gen, view_gen)
         top, left, box_h, box_w = draw.crop_box(crop, height0, width0)
         slots = [_slot("resized_crop", [top * h / height0, left * w / width0, box_h * h / height0, box_w * w / width0])]
         slots.append(_slot("color_jitter", draw.jitter(jitter.transforms[0])) if draw.coin(jitter.p) else _slot(None))
@@ -209,19 +222,21 @@ class ViewDraws:
         radius = blur.transforms[0].sigma
         slots.append(_slot("radius_blur", [draw.uniform(*radius)]) if draw.coin(blur.p) else _slot(None))
         slots.append(_slot("hflip") if draw.coin(flip.p) else _slot(None))
-        return _pack(slots)
+        return slots
 
     def __call__(self, image: Image.Image, rng: RandomSource) -> dict:
-        gen, view_gen = _generator(rng), torch.Generator()
+        gen, view_gen = _generator(rng), torch.Generator()  # one scratch generator, reseeded per view
         base = _resized_image(image, self.size, InterpolationMode.BILINEAR)
-        views = {"image": self.train_view(gen, view_gen)}
+        views = {"image": self._train_slots(gen, view_gen)}
         if self.mvs:
-            views["image_mvs"] = self.train_view(gen, view_gen)
+            views["image_mvs"] = self._train_slots(gen, view_gen)
         if self.simclr is not None:
             source = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
-            views["simclr_a"] = self.simclr_view(gen, source, view_gen)
-            views["simclr_b"] = self.simclr_view(gen, source, view_gen)
-        return {"image": base, "views": views}
+            views["simclr_a"] = self._simclr_slots(gen, source, view_gen)
+            views["simclr_b"] = self._simclr_slots(gen, source, view_gen)
+        # One tensor for all views (a torch.tensor call costs more than the rows it holds), split per view.
+        tables = _pack([row for slots in views.values() for row in slots]).split([len(v) for v in views.values()])
+        return {"image": base, "views": dict(zip(views, tables))}
 
 
 def _color_jitter(x: Tensor, params: Tensor) -> Tensor:
