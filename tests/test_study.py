@@ -211,7 +211,7 @@ def write_metrics(folder: Path, dataset: str, run: str, r1: float, config_sha256
     rows = [{"dataset": dataset, "experiment": run, "split": "test", "direction": d, "epoch": 1, "selection": "last",
              "R1": r1 if d == "t2i" else 1.0, "R5": 50.0, "R10": 60.0, "mAP": r1 / 2, "mINP": 5.0,
              "num_queries": 10, "num_gallery": 5, "seed": 1, "config_sha256": config_sha256, "data_sha256": "d" * 64,
-             "synonym_source": synonyms, **ENVIRONMENT, "checkpoint": f"results/{dataset}/{run}/train/final.pt",
+             "synonym_source": synonyms, "eval_precision": "fp32", **ENVIRONMENT, "checkpoint": f"results/{dataset}/{run}/train/final.pt",
              "created_at": "2024-01-01T00:00:00+00:00"} for d in ("t2i", "i2t")]
     path = folder / dataset / run / "eval" / "test.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
