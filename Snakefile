@@ -11,6 +11,7 @@
 #   evaluate  checkpoint + test shards -> retrieval metrics (R@1/5/10, mAP, mINP)
 #   search    checkpoint + test shards -> a gallery index and a demo search page for the report
 #   collect   per-run metrics -> results/{dataset}/metrics.parquet, plots for the report
+#   study     the paper's ablation tables (config/study.yaml) -> results/{dataset}/study.parquet
 #   probes    the paper's compression probe: module importance, frozen vs dropped text layers
 
 from snakemake.utils import min_version
@@ -43,6 +44,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/collect.smk"
+include: "workflow/rules/study.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/few_shot.smk"
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from tbps.config import load_experiment, parse_dotted
-from tbps.evaluate import encode_split
+from tbps.evaluate import encode_split, score
 from tbps.fileio import write_json_atomic
 from tbps.model import build_model
 
@@ -132,19 +132,31 @@ def bench_split(model, tokenizer, cfg, manifest: Path, device: torch.device, *, 
     start = time.perf_counter()
     encoded = encode_split(timed, tokenizer, manifest, image_size=cfg.model.image_size,
                            normalisation=cfg.data.normalisation, batch_size=batch, device=device,
-                           max_words=cfg.data.max_words, num_workers=workers)
+                           max_words=cfg.data.max_words, num_workers=workers,
+                           precision="bf16" if precision == "bf16" else "fp32")
     end = time.perf_counter()
     peak = memory.read()
+    metrics = score(encoded, cfg.eval.query_chunk).metrics
     n_img, n_cap = len(encoded.image_ids), len(encoded.text_ids)
     image_phase, text_phase = timed.last_image_done - start, end - timed.last_image_done
     common = {"mode": "split", "batch": batch, "workers": workers, "precision": precision, "memory": peak,
-              "manifest": str(manifest)}
+              "manifest": str(manifest), "metrics": metrics}
     return [
         {**common, "kind": "images", "count": n_img, "per_s": n_img / image_phase, "phase_s": image_phase,
          "model_s": timed.image_s, "model_per_s": n_img / timed.image_s},
         {**common, "kind": "captions", "count": n_cap, "per_s": n_cap / text_phase, "phase_s": text_phase,
          "model_s": timed.text_s, "model_per_s": n_cap / timed.text_s},
     ]
+
+
+def metric_drift(rows: list[dict]) -> dict:
+    """Each precision's split metrics minus fp32's (points of 100), by direction: how far the arithmetic
+    moves the numbers on the same model and split."""
+    split = {r["precision"]: r["metrics"] for r in rows if r["mode"] == "split" and r["kind"] == "images"}
+    if "fp32" not in split:
+        return {}
+    return {p: {d: {k: m[d][k] - split["fp32"][d][k] for k in m[d]} for d in m}
+            for p, m in split.items() if p != "fp32"}
 
 
 def print_table(rows: list[dict], flops: dict) -> None:
@@ -205,17 +217,22 @@ def main(argv=None) -> int:
             print(f"[{cfg.name}] encode_split, {precision} ...", file=sys.stderr, flush=True)
             rows += bench_split(model, bundle.tokenizer, cfg, args.manifest, device, batch=batch,
                                 workers=args.workers, precision=precision)
+    drift = metric_drift(rows)
     load_after = load_average()
     print(f"experiment {cfg.name}: {cfg.model.name}, image {list(model.image_size)}, "
           f"context {model.context_length}")
     print_table(rows, flops)
+    for precision, by_direction in drift.items():
+        for direction, diffs in by_direction.items():
+            print(f"metric drift {precision} - fp32 ({direction}): "
+                  + ", ".join(f"{k} {v:+.2f}" for k, v in diffs.items()))
     print(f"load average after: {load_after}")
     write_json_atomic(args.out, {
         "machine": machine_info(device), "load_average_before": load_before, "load_average_after": load_after,
         "argv": sys.argv[1:], "experiment": cfg.name, "model": cfg.model.name,
         "image_size": list(model.image_size), "flops_per_item": flops,
         "peak_tflops": peak_tflops(args.peak_tflops, device) if device.type == "cuda" else args.peak_tflops,
-        "rows": rows,
+        "torch_version": torch.__version__, "rows": rows, "metric_drift_vs_fp32": drift,
     })
     print(f"wrote {args.out}")
     return 0

@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
     )
+    parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -197,7 +198,15 @@ def main() -> None:
     print(f"similarity float32 on {args.device}, {args.ids} ids, dim {DIM}, query_chunk {args.query_chunk}")
     methods = [m for m in args.methods.split(",") if m]
     sizes = [args.size] + ([args.baseline_size] if args.baseline_size else [])
-    rows = [run_method(args, method, size) for size in sizes for method in methods]
+    rows = []
+    for size in sizes:
+        for method in methods:
+            rows.append(run_method(args, method, size))
+            if args.out:  # after every method: a time cap keeps what was measured
+                from tbps.fileio import write_json_atomic
+
+                write_json_atomic(args.out, {"machine": machine_info(args.device), "torch_version": torch.__version__,
+                                             "device": args.device, "query_chunk": args.query_chunk, "rows": rows})
 
     header = f"{'method':<13} {'size':>6} {'seconds':>8} {'peak +MiB':>10}  R1 / R5 / R10 / mAP / mINP"
     print(header)

@@ -510,14 +510,17 @@ def try_synthetic(rig: Rig, label: str, batch: int, chunk: int, steps: int, warm
 
 
 def sweep_preset(args, rig: Rig) -> list[dict]:
-    """Batch 320 (gradient-cached if it does not fit) and the largest unchunked batch that fits."""
+    """The largest unchunked batch that fits (``--sweep-batches``, tried in descending order), and the
+    target batch ``--sweep-target`` (default: the first batch tried): unchunked if it fits, otherwise
+    gradient-cached with the largest batch that fits as the chunk (halved on OOM)."""
     preset = rig.cfg.name
-    target = args.sweep_batches[0]
+    target = args.sweep_target or args.sweep_batches[0]
     rows, largest = [], None
     for batch in args.sweep_batches:
         row = try_synthetic(rig, preset, batch, 0, args.steps, args.warmup)
         if row is None:
-            rows.append({"experiment": preset, "mode": "synthetic", "batch": batch, "chunk": 0, "status": "oom"})
+            rows.append({"experiment": preset, "mode": "synthetic", "batch": batch, "chunk": 0, "status": "oom",
+                         "simulated": args.simulate_oom_above is not None})
             continue
         rows.append({**row, "status": "ok", "note": "largest unchunked batch that fits"})
         largest = batch
@@ -525,14 +528,19 @@ def sweep_preset(args, rig: Rig) -> list[dict]:
     if largest is None:
         return rows
     chunk = 0
-    if largest < target:
+    if largest > target:
+        row = try_synthetic(rig, preset, target, 0, args.steps, args.warmup)
+        if row is not None:
+            rows.append({**row, "status": "ok", "note": f"batch {target} unchunked"})
+    elif largest < target:
         chunk = largest
         while chunk >= 1:
             row = try_synthetic(rig, preset, target, chunk, args.steps, args.warmup)
             if row is not None:
                 rows.append({**row, "status": "ok", "note": f"batch {target} by gradient caching"})
                 break
-            rows.append({"experiment": preset, "mode": "synthetic", "batch": target, "chunk": chunk, "status": "oom"})
+            rows.append({"experiment": preset, "mode": "synthetic", "batch": target, "chunk": chunk, "status": "oom",
+                         "simulated": args.simulate_oom_above is not None})
             chunk //= 2
         if chunk == 0:
             return rows
@@ -629,7 +637,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sweep-presets", default=",".join(SWEEP_PRESETS),
                         help="experiments (names in config/experiments) for --preset-sweep")
     parser.add_argument("--sweep-batches", default=",".join(map(str, SWEEP_BATCHES)),
-                        help="batch sizes tried in order; the first is the target batch")
+                        help="batch sizes tried in order (descending) for the largest unchunked batch that fits")
+    parser.add_argument("--sweep-target", type=int,
+                        help="the batch measured besides the largest that fits (default: the first of --sweep-batches)")
     parser.add_argument("--simulate-oom-above", type=int, help=argparse.SUPPRESS)  # exercises the OOM path on CPU
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/train.json"))
     args = parser.parse_args(argv)
@@ -686,6 +696,11 @@ def main(argv=None) -> int:
             new_rows = run_modes(rig, modes=args.modes, manifest=args.manifest, batch=batch, chunk=chunk,
                                  steps=args.steps, warmup=args.warmup, check_flops=args.check_flops, label=cfg.name)
         rows += [add_flops(row, towers, rig, peak) for row in new_rows]
+        # After every experiment, so a run cut short by a time cap keeps what it measured.
+        write_json_atomic(args.out, {
+            "machine": machine_info(device), "torch_version": torch.__version__, "load_average_before": load_before,
+            "argv": sys.argv[1:], "peak_tflops": peak, "tower_flops_per_sample": towers_by_experiment, "rows": rows,
+            "complete": False})
         del rig
         gc.collect()
         if device.type == "cuda":
@@ -694,8 +709,9 @@ def main(argv=None) -> int:
     print_table(rows)
     print(f"load average after: {load_after}; wall {time.perf_counter() - started:.0f} s")
     write_json_atomic(args.out, {
-        "machine": machine_info(device), "load_average_before": load_before, "load_average_after": load_after,
-        "argv": sys.argv[1:], "peak_tflops": peak, "tower_flops_per_sample": towers_by_experiment, "rows": rows,
+        "machine": machine_info(device), "torch_version": torch.__version__, "load_average_before": load_before,
+        "load_average_after": load_after, "argv": sys.argv[1:], "peak_tflops": peak,
+        "tower_flops_per_sample": towers_by_experiment, "rows": rows, "complete": True,
     })
     print(f"wrote {args.out}")
     return 0

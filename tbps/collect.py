@@ -22,6 +22,8 @@ Output columns (``OUTPUT_SCHEMA``, in this order), one row per
 - ``synonym_source``: where the run's text augmentation drew synonyms (``table`` or ``wordnet``, the
   resolved ``data.synonym_source``), ``none`` when it drew none (and for zero-shot rows); for
   validation rows it comes from the run's ``config.yaml``.
+- ``eval_precision``: the arithmetic of the embedding passes (``eval.precision``, fp32 or bf16); for
+  validation rows the run's own ``eval.precision`` from its ``config.yaml``.
 - ``source``: the input file the row came from.
 """
 
@@ -53,7 +55,7 @@ EVAL_COLUMNS: dict[str, str] = {
     "dataset": _STR, "experiment": _STR, "split": _STR, "direction": _STR, "epoch": _INT, "selection": _STR,
     **dict.fromkeys(METRICS, _FLOAT),
     "num_queries": _INT, "num_gallery": _INT, "seed": _INT,
-    "config_sha256": _STR, "data_sha256": _STR, "synonym_source": _STR,
+    "config_sha256": _STR, "data_sha256": _STR, "synonym_source": _STR, "eval_precision": _STR,
     **{name: {str: _STR, int: _INT}[kind] for name, kind in ENVIRONMENT_FIELDS.items()},
     "checkpoint": _STR, "created_at": _STR,
 }
@@ -67,7 +69,7 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
     "direction": pl.String, "selection": pl.String, "epoch": pl.Int64,
     **dict.fromkeys(METRICS, pl.Float64),
     "num_queries": pl.Int64, "num_gallery": pl.Int64, "seed": pl.Int64,
-    "config_sha256": pl.String, "data_sha256": pl.String, "synonym_source": pl.String,
+    "config_sha256": pl.String, "data_sha256": pl.String, "synonym_source": pl.String, "eval_precision": pl.String,
     **{name: {str: pl.String, int: pl.Int64}[kind] for name, kind in ENVIRONMENT_FIELDS.items()},
     "checkpoint": pl.String, "created_at": pl.String, "source": pl.String,
 }
@@ -181,9 +183,9 @@ def val_curve_owner(path: Path) -> tuple[str, str]:
     return dataset, experiment
 
 
-def _training_provenance(train_dir: Path) -> tuple[int | None, str | None, str | None]:
-    """Seed, config hash and synonym source of the run, from the config.yaml training writes beside its
-    outputs."""
+def _training_provenance(train_dir: Path) -> tuple[int | None, str | None, str | None, str | None]:
+    """Seed, config hash, synonym source and evaluation precision of the run, from the config.yaml training
+    writes beside its outputs."""
     import yaml
 
     from tbps.config import config_from_dict
@@ -191,12 +193,12 @@ def _training_provenance(train_dir: Path) -> tuple[int | None, str | None, str |
 
     config = train_dir / "config.yaml"
     if not config.is_file():
-        return None, None, None
+        return None, None, None, None
     try:
         cfg = config_from_dict(yaml.safe_load(config.read_text(encoding="utf-8")))
     except (yaml.YAMLError, UserInputError, ValueError, TypeError, KeyError) as e:
         raise input_error(config, f"not a training configuration ({e})", "rerun `tbps train`") from None
-    return cfg.train.seed, cfg.sha256(), synonym_source_used(cfg.data)
+    return cfg.train.seed, cfg.sha256(), synonym_source_used(cfg.data), cfg.eval.precision
 
 
 def read_val_curve(path: Path) -> pl.DataFrame:
@@ -218,12 +220,13 @@ def load_val_curve(path: Path) -> pl.DataFrame:
     path = Path(path)
     dataset, experiment = val_curve_owner(path)
     df = read_val_curve(path)
-    seed, config_sha, synonym_source = _training_provenance(path.parent)
+    seed, config_sha, synonym_source, eval_precision = _training_provenance(path.parent)
     df = df.with_columns(
         pl.lit(dataset).alias("dataset"), pl.lit(dataset).alias("train_dataset"), pl.lit(experiment).alias("experiment"),
         pl.lit("epoch").alias("selection"), pl.lit(seed, dtype=pl.Int64).alias("seed"),
         pl.lit(config_sha, dtype=pl.String).alias("config_sha256"),
-        pl.lit(synonym_source, dtype=pl.String).alias("synonym_source"), pl.lit(str(path)).alias("source"),
+        pl.lit(synonym_source, dtype=pl.String).alias("synonym_source"),
+        pl.lit(eval_precision, dtype=pl.String).alias("eval_precision"), pl.lit(str(path)).alias("source"),
     )
     return _to_output(df)
 

@@ -363,6 +363,10 @@ class EvalConfig:
     batch_size: int = _ranged(256, ge=1)
     query_chunk: int = _ranged(1024, ge=1)
     """Queries ranked per chunk: bounds memory at chunk x gallery."""
+    precision: str = _ranged("fp32", choices=("fp32", "bf16"))
+    """Arithmetic of the embedding passes: 'fp32' (the faithful protocol) or 'bf16' autocast (several
+    times the throughput on a GPU's tensor cores; the features are rounded to bf16's 8-bit mantissa, so
+    close scores may swap ranks). Ranking is fp32 either way; metrics rows record it (eval_precision)."""
 
 
 @dataclass
@@ -399,7 +403,7 @@ class ExperimentConfig:
 
 # Settings that change neither the numbers nor the data order: a run may be resumed with other values.
 _RESUMABLE = {"train": ("max_steps", "checkpoint_every_steps", "log_every_steps", "eval_every_epoch"),
-              "data": ("num_workers",), "eval": ("batch_size", "query_chunk")}
+              "data": ("num_workers",), "eval": ("batch_size", "query_chunk", "precision")}
 
 
 def _to_plain(obj):
@@ -599,6 +603,13 @@ def _experiment_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Pat
     for parent in parents:
         chain += _experiment_chain(path.parent / f"{parent}.yaml", (*seen, path))
     return chain + [(path, data)]
+
+
+def experiment_file_settings(path: str | Path) -> list[tuple[Path, dict]]:
+    """The differences an experiment file makes, as (file, differences) pairs in the order they apply: its
+    ``inherit`` parents first, then the file itself (without the ``inherit`` key). For applying a mixin
+    (e.g. ``_tiny``) on top of another configuration: ``apply_overrides(cfg, data, str(file))`` for each."""
+    return _experiment_chain(Path(path))
 
 
 def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:

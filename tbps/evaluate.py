@@ -1,20 +1,24 @@
 """Evaluation stage: encode a split's captions and images, rank, write metrics and examples.
 
-The protocol is the faithful one (docs/method.md#test-protocol, #retrieval-metrics): every caption is a query, every
-image is in the gallery, relevance = same person id; eval mode, fp32, cleaned
-(not augmented) captions, the eval image transform. Text->image is the reported
-direction; image->text (images as queries over the captions) is stored beside it.
+The protocol is the faithful one (docs/method.md#test-protocol, #retrieval-metrics): every caption is a query,
+every image is in the gallery, relevance = same person id; eval mode, fp32 (or bf16 autocast with
+``eval.precision``), cleaned (not augmented) captions, the eval image transform. Text->image is the
+reported direction; image->text (images as queries over the captions) is stored beside it.
+
+polars is imported only where a table is written, so encoding and scoring (what training's
+per-epoch validation and the GPU check run) need only torch and numpy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 from torch.utils.data import DataLoader
 
@@ -30,7 +34,13 @@ from tbps.progress import progress
 from tbps.provenance import environment
 from tbps.shards.reader import load_manifest, open_shards
 
+if TYPE_CHECKING:
+    import polars as pl
+
 log = logging.getLogger(__name__)
+
+EVAL_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+"""``eval.precision`` -> the autocast dtype of the embedding passes (None = plain fp32)."""
 
 EXAMPLES_TOP_K = 5
 
@@ -72,8 +82,18 @@ class _EvalImages(torch.utils.data.IterableDataset):
 @torch.no_grad()
 def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation: str, batch_size: int,
                  device: torch.device, max_words: int = 77, num_workers: int = 2,
-                 with_captions: bool = True) -> Encoded:
-    """Encode a split's images (and, unless ``with_captions`` is false, its captions)."""
+                 with_captions: bool = True, precision: str = "fp32") -> Encoded:
+    """Encode a split's images (and, unless ``with_captions`` is false, its captions); ``precision``
+    is ``eval.precision`` (the features come back as fp32 either way)."""
+    if precision not in EVAL_PRECISIONS:
+        raise UserInputError(f"eval precision {precision!r}: unknown. Fix: use one of {', '.join(EVAL_PRECISIONS)}")
+    amp_dtype = EVAL_PRECISIONS[precision]
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
     model.eval()
     manifest = Path(manifest)
     total = int(load_manifest(manifest)["num_samples"])
@@ -83,7 +103,8 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
     with progress(total=total, desc="encode images", unit="img") as bar:
         for rows in loader:
             images = torch.stack([r[0] for r in rows]).to(device)
-            image_features.append(model.encode_image(images).float().cpu())
+            with autocast():
+                image_features.append(model.encode_image(images).float().cpu())
             for _, pid, path, caps in rows:
                 image_ids.append(pid)
                 image_paths.append(path)
@@ -94,7 +115,8 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
     cleaned = [clean_caption(c, max_words=max_words) for c in captions] if with_captions else []
     for start in progress(range(0, len(cleaned), batch_size), desc="encode captions", unit="batch"):
         tokens = tokenizer(cleaned[start:start + batch_size]).to(device)
-        text_features.append(model.encode_text(tokens).float().cpu())
+        with autocast():
+            text_features.append(model.encode_text(tokens).float().cpu())
     encoded = Encoded(torch.cat(image_features), np.asarray(image_ids, dtype=np.int64), image_paths,
                       torch.cat(text_features), np.asarray(text_ids, dtype=np.int64), captions)
     for name, features in (("image", encoded.image_features), ("text", encoded.text_features)):
@@ -130,7 +152,7 @@ def evaluate_model(model, tokenizer, manifest: Path, cfg: ExperimentConfig, devi
     """Encode and score one split with the model as it is (used per epoch by training)."""
     encoded = encode_split(model, tokenizer, manifest, image_size=cfg.model.image_size,
                            normalisation=cfg.data.normalisation, batch_size=cfg.eval.batch_size, device=device,
-                           max_words=cfg.data.max_words, num_workers=num_workers)
+                           max_words=cfg.data.max_words, num_workers=num_workers, precision=cfg.eval.precision)
     return score(encoded, cfg.eval.query_chunk)
 
 
@@ -144,6 +166,8 @@ def retrieval_examples(encoded: Encoded, *, first_positive_rank: torch.Tensor | 
     (lower gallery index first). Only the shown queries' similarity rows are computed, so memory is
     that of one ranking chunk.
     """
+    import polars as pl
+
     if first_positive_rank is None:
         first_positive_rank = rank_queries_by_features(
             encoded.text_features, encoded.image_features, encoded.text_ids, encoded.image_ids,
@@ -171,8 +195,14 @@ def retrieval_examples(encoded: Encoded, *, first_positive_rank: torch.Tensor | 
 
 def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset: str, experiment: str,
              split: str = "test", examples_out: Path | None = None, device: str = "auto",
-             experiment_file: Path | None = None, num_workers: int = 2) -> pl.DataFrame:
-    """Evaluate a trained checkpoint (or, without one, the experiment's pretrained weights: zero-shot)."""
+             experiment_file: Path | None = None, num_workers: int = 2,
+             precision: str | None = None) -> pl.DataFrame:
+    """Evaluate a trained checkpoint (or, without one, the experiment's pretrained weights: zero-shot).
+    ``precision`` overrides the configuration's ``eval.precision``; the rows record the one used."""
+    import dataclasses
+
+    import polars as pl
+
     from tbps.config import load_experiment
     from tbps.model import build_model, load_trained_model
 
@@ -186,6 +216,9 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
         bundle = build_model(cfg.model, with_simclr_head=False)
         model, tokenizer = bundle.model.to(dev), bundle.tokenizer
         epoch, seed, config_sha = 0, cfg.train.seed, cfg.sha256()
+    if precision is not None:
+        # The checkpoint's config (and its hash in the rows) stays as trained; eval_precision says what ran.
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, precision=precision))
     result = evaluate_model(model, tokenizer, manifest, cfg, dev, num_workers=num_workers)
     data_sha = sha256_file(manifest)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -198,6 +231,7 @@ def evaluate(checkpoint_path: Path | None, manifest: Path, out: Path, *, dataset
             "seed": seed, "config_sha256": config_sha, "data_sha256": data_sha,
             # A checkpoint's config holds the resolved source; a zero-shot row trained nothing.
             "synonym_source": synonym_source_used(cfg.data) if checkpoint_path is not None else "none",
+            "eval_precision": cfg.eval.precision,
             **environment(),
             "checkpoint": str(checkpoint_path) if checkpoint_path is not None else "",
             "created_at": created,

@@ -27,7 +27,7 @@ class Published:
     R1: float
     R5: float | None
     R10: float | None
-    mAP: float
+    mAP: float | None
     mINP: float | None = None
     source: str = PAPER
 
@@ -35,9 +35,20 @@ class Published:
         return getattr(self, name)
 
 
+NOT_PRINTED = "–"
+
+
+def parse_values(values: str) -> tuple[float | None, float | None, float | None, float | None]:
+    """``"R1/R5/R10/mAP"`` as printed in the paper's tables -> four numbers, None for "–" (not printed)."""
+    parts = values.split("/")
+    if len(parts) != 4:
+        raise ValueError(f"{values!r}: expected R1/R5/R10/mAP")
+    return tuple(None if v.strip() == NOT_PRINTED else float(v) for v in parts)
+
+
 def _row(method: str, dataset: str, values: str, source: str = PAPER, minp: float | None = None) -> Published:
     """``values`` = "R1/R5/R10/mAP" exactly as printed in the paper's tables."""
-    r1, r5, r10, m = (float(v) for v in values.split("/"))
+    r1, r5, r10, m = parse_values(values)
     return Published(method, dataset, r1, r5, r10, m, minp, source)
 
 
@@ -137,6 +148,167 @@ def as_frame() -> pl.DataFrame:
         schema={"method": pl.String, "dataset": pl.String, **dict.fromkeys(METRICS, pl.Float64),
                 "source": pl.String},
     )
+
+
+# --------------------------------------------------------------------------- the paper's study
+
+ABLATION_DATASET = "cuhk-pedes"
+"""The paper ran every ablation (Tables 1-5, 13, 14) on CUHK-PEDES with ViT-B/32 (docs/method.md#d12-backbone)."""
+
+# The ablation tables transcribed one by one as printed (docs/method.md#tricks-table to #losses-table),
+# keyed by the paper's table and the row ids of the study file (config/study.yaml): row id -> (the row as
+# printed, "R1/R5/R10/mAP" with "–" where that table prints no number). A row printed in several tables
+# (CLIP* in Tables 1 and 2; BT at alpha 0.1 in Tables 3 and 14) is listed in each; `study_numbers` merges
+# them and refuses two tables that disagree.
+ABLATION_TABLES: dict[str, dict[str, tuple[str, str]]] = {
+    "Table 1": {
+        "clip": ("CLIP", "60.67/81.99/88.87/54.72"),
+        "global_grad": ("+ GlobalGrad", "63.66/84.08/90.11/56.46"),
+        "dropout": ("+ Dropout", "61.06/82.00/88.95/55.10"),
+        "lock_bl": ("+ LockBL", "61.27/82.23/88.79/55.43"),
+        "soft_label": ("+ SLabel", "61.53/81.99/88.71/55.22"),
+        "clip_star": ("CLIP*", "64.34/84.05/90.51/57.53"),
+    },
+    "Table 2": {
+        "clip_star": ("CLIP*", "64.34/84.05/90.51/57.53"),
+        "resized_crop": ("RandomResizedCrop", "65.29/85.01/90.68/58.62"),
+        "erasing": ("RandomErasing", "64.64/84.34/90.74/58.08"),
+        "grayscale": ("RandomGrayscale", "65.29/84.67/90.56/58.18"),
+        "gaussian_blur": ("GaussianBlur", "55.30/77.86/85.88/49.82"),
+        "color_jitter": ("ColorJitter-BCS", "64.86/84.65/90.47/57.85"),
+        "color_jitter_hue": ("ColorJitter-Hue", "64.12/84.81/90.87/57.41"),
+        "hflip": ("HorizontalFlip", "65.48/84.86/90.48/58.46"),
+        "vflip": ("VerticalFlip", "64.23/83.98/90.16/57.35"),
+        "rotation": ("RandomRotation", "65.50/85.20/91.13/58.92"),
+        "stack_all": ("Stacking Together", "65.92/85.33/90.89/59.43"),
+        "autoaugment": ("AutoAugment", "65.43/84.84/91.07/58.55"),
+        "randaugment": ("RandAugment", "65.58/85.72/91.00/59.08"),
+        "trivialaugment": ("TrivialAugment", "65.59/84.58/90.81/58.58"),
+        "pool": ("Augmentation Pool", "66.13/85.38/91.21/59.30"),
+    },
+    # App. B.1: R@1 of each sweep point, one op alone on CLIP*.
+    "Table 13": {
+        "resized_crop_min_030": ("RandomResizedCrop, scale 0.3", "64.82/–/–/–"),
+        "resized_crop_min_060": ("RandomResizedCrop, scale 0.6", "65.11/–/–/–"),
+        "resized_crop_min_090": ("RandomResizedCrop, scale 0.9", "65.29/–/–/–"),
+        "erasing_area_02_10": ("RandomErasing, area [.02, .10]", "64.51/–/–/–"),
+        "erasing_area_10_20": ("RandomErasing, area [.10, .20]", "64.64/–/–/–"),
+        "erasing_area_20_30": ("RandomErasing, area [.20, .30]", "64.30/–/–/–"),
+        "gaussian_blur_k3": ("GaussianBlur, kernel 3", "55.30/–/–/–"),
+        "gaussian_blur_k7": ("GaussianBlur, kernel 7", "47.01/–/–/–"),
+        "gaussian_blur_k11": ("GaussianBlur, kernel 11", "46.48/–/–/–"),
+        "color_jitter_010": ("ColorJitter-BCS, 0.1", "64.86/–/–/–"),
+        "color_jitter_020": ("ColorJitter-BCS, 0.2", "64.72/–/–/–"),
+        "color_jitter_040": ("ColorJitter-BCS, 0.4", "64.23/–/–/–"),
+        "color_jitter_hue_010": ("ColorJitter-Hue, 0.1", "64.12/–/–/–"),
+        "color_jitter_hue_020": ("ColorJitter-Hue, 0.2", "63.86/–/–/–"),
+        "color_jitter_hue_040": ("ColorJitter-Hue, 0.4", "63.69/–/–/–"),
+        "rotation_075": ("RandomRotation, 7.5 degrees", "65.42/–/–/–"),
+        "rotation_150": ("RandomRotation, 15 degrees", "65.50/–/–/–"),
+        "rotation_300": ("RandomRotation, 30 degrees", "65.06/–/–/–"),
+    },
+    # App. B.1: R@1 of each text augmentation at each alpha, on CLIP*.
+    "Table 14": {
+        "bt_005": ("BT, alpha 0.05", "64.31/–/–/–"),
+        "bt_010": ("BT, alpha 0.1", "64.77/–/–/–"),
+        "bt_020": ("BT, alpha 0.2", "64.47/–/–/–"),
+        "rd_005": ("RD, alpha 0.05", "65.53/–/–/–"),
+        "rd_010": ("RD, alpha 0.1", "64.99/–/–/–"),
+        "rd_020": ("RD, alpha 0.2", "64.31/–/–/–"),
+        "sr_005": ("SR, alpha 0.05", "63.95/–/–/–"),
+        "sr_010": ("SR, alpha 0.1", "61.45/–/–/–"),
+        "sr_020": ("SR, alpha 0.2", "59.70/–/–/–"),
+        "ri_005": ("RI, alpha 0.05", "63.71/–/–/–"),
+        "ri_010": ("RI, alpha 0.1", "62.83/–/–/–"),
+        "ri_020": ("RI, alpha 0.2", "60.09/–/–/–"),
+        "rs_005": ("RS, alpha 0.05", "56.41/–/–/–"),
+        "rs_010": ("RS, alpha 0.1", "51.06/–/–/–"),
+        "rs_020": ("RS, alpha 0.2", "49.51/–/–/–"),
+        "eda_005": ("EDA, alpha 0.05", "63.43/–/–/–"),
+        "eda_010": ("EDA, alpha 0.1", "62.17/–/–/–"),
+        "eda_020": ("EDA, alpha 0.2", "60.66/–/–/–"),
+    },
+    # §4.2: each text augmentation at its chosen alpha (0.05 for the rejected ones), and BT + RD.
+    "Table 3": {
+        "bt_010": ("BT", "64.77/84.67/90.56/57.49"),
+        "rd_005": ("RD", "65.53/84.70/90.87/57.90"),
+        "sr_005": ("SR", "63.95/83.76/89.96/56.90"),
+        "ri_005": ("RI", "63.71/84.29/90.03/56.77"),
+        "rs_005": ("RS", "56.41/79.08/86.14/49.29"),
+        "eda_005": ("EDA", "63.43/83.77/90.27/56.15"),
+        "bt_rd": ("Stacking Together (BT + RD)", "65.72/84.62/90.76/58.68"),
+    },
+    "Table 4": {
+        "pool": ("image: Augmentation Pool", "66.13/85.38/91.21/59.30"),
+        "bt_rd": ("text: BT + RD", "65.72/84.62/90.76/58.68"),
+        "clip_star_aug": ("image + text (CLIP*+Aug)", "66.78/85.98/91.23/59.68"),
+    },
+    "Table 5": {
+        "n_itc": ("N-ITC", "66.91/85.98/91.68/60.01"),
+        "ss_i": ("SS-I", "67.54/86.13/91.78/60.94"),
+        "ss_t": ("SS-T", "65.97/85.40/90.72/59.10"),
+        "ss_it": ("SS-IT", "66.81/86.09/91.63/59.82"),
+        "mvs_i": ("MVS-I", "67.50/86.45/91.63/60.84"),
+        "mvs_t": ("MVS-T", "66.46/85.96/91.13/60.24"),
+        "mvs_it": ("MVS-IT", "67.01/85.66/91.33/59.83"),
+        "r_itc": ("R-ITC", "68.19/86.01/90.94/60.90"),
+        "c_itc": ("C-ITC", "67.15/86.31/92.04/60.58"),
+        "tbps_clip": ("all = TBPS-CLIP", "69.54/86.99/91.24/61.57"),
+    },
+}
+
+# Study rows that are rows of the main tables (Tables 6-8, every dataset) or the batch-160 answer of the
+# authors' issue tracker: row id -> the method of `PUBLISHED`.
+STUDY_MAIN_ROWS = {
+    "clip_b32": "CLIP B/32, fine-tuned",
+    "tbps_clip_b32": "TBPS-CLIP B/32",
+    "clip_b16": "CLIP B/16, fine-tuned",
+    "tbps_clip_b16": "TBPS-CLIP B/16",
+    "simplified_b16": "Simplified B/16",
+    "simplified_b16_batch160": BATCH_160_METHOD,
+}
+
+
+def _merge_ablation(row: str) -> Published | None:
+    """One ablation row over every table that prints it: each metric from the tables that print it (they
+    must agree), the tables named in ``source``."""
+    printed = [(table, rows[row]) for table, rows in ABLATION_TABLES.items() if row in rows]
+    if not printed:
+        return None
+    values: dict[str, float] = {}
+    for _table, (_, text) in printed:
+        for metric, value in zip(("R1", "R5", "R10", "mAP"), parse_values(text), strict=True):
+            if value is None:
+                continue
+            if values.setdefault(metric, value) != value:
+                raise ValueError(f"tbps/published.py: row {row!r} has {metric} {values[metric]} and {value} "
+                                 f"({', '.join(t for t, _ in printed)})")
+    numbers = sorted(int(t.removeprefix("Table ")) for t, _ in printed)
+    tables = f"Tables {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}" if len(numbers) > 1 \
+        else f"Table {numbers[0]}"
+    source = f"{PAPER}, {tables}"
+    return Published(printed[0][1][0], ABLATION_DATASET, values["R1"], values.get("R5"), values.get("R10"),
+                     values.get("mAP"), None, source)
+
+
+def study_numbers(row: str, dataset: str) -> Published | None:
+    """What the paper (or, for batch 160, its authors) published for a study row on ``dataset``, or None."""
+    if row in STUDY_MAIN_ROWS:
+        return lookup(STUDY_MAIN_ROWS[row], dataset)
+    if dataset != ABLATION_DATASET:
+        return None
+    return _merge_ablation(row)
+
+
+def study_rows() -> tuple[str, ...]:
+    """Every study row id with published numbers, in the order of the tables above."""
+    ids = [row for rows in ABLATION_TABLES.values() for row in rows] + list(STUDY_MAIN_ROWS)
+    return tuple(dict.fromkeys(ids))
+
+
+# Checked once at import: a transcription slip between two tables stops every use of the numbers.
+for _row_id in study_rows():
+    study_numbers(_row_id, ABLATION_DATASET)
 
 
 # --------------------------------------------------------------------------- compression (Table 17)

@@ -4,6 +4,9 @@ Launched as ``tbps train`` on one device or with ``torchrun --nproc_per_node P``
 (GlobalGrad: every process gathers the features of all P; gradients are averaged
 across processes after the backward). A global batch larger than memory allows is
 computed exactly by gradient caching (``train.grad_cache_chunk``).
+
+polars is imported only where the logs are written, so the training step and its helpers
+(what the benchmarks and the GPU check drive) need only torch.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -52,12 +54,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Columns of val_curve.parquet. Every run writes the file (no rows without a val split or with
-# per-epoch validation off), so the workflow can declare it as an output.
-VAL_CURVE_SCHEMA = {
-    "epoch": pl.Int64, "split": pl.String, "direction": pl.String,
-    **dict.fromkeys(("R1", "R5", "R10", "mAP", "mINP"), pl.Float64),
-}
+
+def val_curve_schema() -> dict:
+    """Columns of val_curve.parquet. Every run writes the file (no rows without a val split or with
+    per-epoch validation off), so the workflow can declare it as an output."""
+    import polars as pl
+
+    return {"epoch": pl.Int64, "split": pl.String, "direction": pl.String,
+            **dict.fromkeys(("R1", "R5", "R10", "mAP", "mINP"), pl.Float64)}
+
+
+def __getattr__(name: str):
+    # ``VAL_CURVE_SCHEMA`` stays importable without importing polars with this module.
+    if name == "VAL_CURVE_SCHEMA":
+        return val_curve_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -304,15 +315,19 @@ class RunCheckpoints:
             "environment": provenance.environment(),
         })
         if run.log_rows:
+            import polars as pl
+
             write_parquet_atomic(pl.DataFrame(run.log_rows), self.paths.log)
 
     def save_final(self, run: RunState, *, stopped_early: bool, train_manifest: Path) -> None:
         """The training log, the validation curve and ``final.pt`` (weights and provenance)."""
         if not self.is_main:
             return
+        import polars as pl
+
         write_parquet_atomic(pl.DataFrame(run.log_rows), self.paths.log)
         # Always written (empty without a val split), so the workflow can declare it.
-        write_parquet_atomic(pl.DataFrame(run.val_rows, schema=VAL_CURVE_SCHEMA), self.paths.val)
+        write_parquet_atomic(pl.DataFrame(run.val_rows, schema=val_curve_schema()), self.paths.val)
         # A run cut short by train.max_steps (a smoke run) still ends with an evaluable model; its
         # last.pt stays resumable with a larger max_steps.
         epochs_done = run.log_rows[-1]["epoch"] if run.log_rows else 0

@@ -33,7 +33,7 @@ def eval_table(dataset: str, experiment: str, r1: float = 70.0, **overrides) -> 
     for direction in ("t2i", "i2t"):
         row = {"dataset": dataset, "experiment": experiment, "split": "test", "direction": direction, "epoch": 5,
                "selection": "last", **METRIC_VALUES, "R1": r1, "num_queries": 100, "num_gallery": 50, "seed": 1,
-               "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none", **ENVIRONMENT,
+               "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none", "eval_precision": "fp32", **ENVIRONMENT,
                "checkpoint": f"results/{dataset}/{experiment}/train/final.pt",
                "created_at": "2024-01-01T00:00:00+00:00"}
         row.update(overrides)

@@ -231,6 +231,7 @@ def fake_run(tmp_path, run: str, r1: float, *, model: str, depth: int, mode: str
     rows = [{"dataset": "cuhk-pedes", "experiment": run, "split": "test", "direction": d, "epoch": 5,
              "selection": "last", "R1": r1, "R5": 80.0, "R10": 90.0, "mAP": 60.0, "mINP": 40.0, "num_queries": 10,
              "num_gallery": 5, "seed": 1, "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none",
+             "eval_precision": "fp32",
              **ENVIRONMENT,
              "checkpoint": "x", "created_at": "2024-01-01T00:00:00+00:00"} for d in ("t2i", "i2t")]
     pl.DataFrame(rows).write_parquet(folder / "eval" / "test.parquet")

@@ -3,6 +3,7 @@ distributions, and the batched ops reproduce the CPU path's images (docs/method.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections import Counter
@@ -12,11 +13,21 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import default_collate
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from tbps.config import IMAGE_AUG_OPS, ImageAugConfig
 from tbps.data import batched_ops
-from tbps.data.device_aug import DEVICE_OPS, SKIP, DeviceAugment, ViewDraws, split_view
+from tbps.data.device_aug import (
+    DEVICE_OPS,
+    SKIP,
+    DeviceAugment,
+    ViewDraws,
+    _op_slot,
+    _Replay,
+    _slot,
+    split_view,
+)
 from tbps.data.loader import TrainPairs, pair_table
 from tbps.data.transforms import NORMALISATIONS, POOL_OPS, simclr_transform, train_transform
 from tbps.shards.index import ShardIndex
@@ -370,3 +381,67 @@ def test_train_pairs_on_the_device_path_ship_uint8_and_parameters(synthetic_shar
         assert unnormalised_difference(out[key], cpu_batch[key]).mean() <= SIMCLR_MEAN_TOLERANCE
     with pytest.raises(ValueError, match="either image_transform"):
         TrainPairs(index, pairs, tokenize=tokenize)
+
+
+# ----------------------------------------------------------------------------- (d) the worker's fast draws
+
+DRAWS_SHA256 = {
+    "full_preset_224": "f53cf9b50d35b1fe5b5ced1f3c8921c0d610f9b6d5f1711a9f37e88b15096211",
+    "stack_all_ops_56x48": "794bafd5f603b9b0fec7919cfd62fe383e18999b31a8c8c1c27311e93c26245b",
+}
+"""Digests of the resized images and parameter tables of seeds 0-63, recorded from the first device-path
+version, which drew with torchvision's own ``make_params`` under a seeded fork of the global generator."""
+
+
+def _draws_digest(draws: ViewDraws, size: tuple[int, int]) -> str:
+    digest = hashlib.sha256()
+    for seed in range(64):
+        image = Image.fromarray((np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8))
+        out = draws(image, seed)
+        digest.update(out["image"].contiguous().numpy().tobytes())
+        for name, table in out["views"].items():
+            digest.update(name.encode())
+            digest.update(np.nan_to_num(table.numpy(), nan=-999.0).tobytes())
+    return digest.hexdigest()
+
+
+def test_the_worker_draws_are_the_ones_recorded_before_the_replay():
+    full = ViewDraws(train_transform((224, 224)), mvs=True, simclr=simclr_transform((224, 224)))
+    stack = ViewDraws(train_transform((56, 48), aug=ImageAugConfig(strategy="stack", ops=list(IMAGE_AUG_OPS))), mvs=True)
+    assert _draws_digest(full, (128, 64)) == DRAWS_SHA256["full_preset_224"]
+    assert _draws_digest(stack, (40, 30)) == DRAWS_SHA256["stack_all_ops_56x48"]
+
+
+def _reference_slot(name: str, op, size: tuple[int, int]) -> list[float]:
+    """The slow reference: torchvision's own coin and ``make_params`` on the global generator."""
+    coins = (v2.RandomGrayscale, v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomErasing)
+    if isinstance(op, coins) and not bool(torch.rand(1) < op.p):
+        return _slot(None)
+    params = op.make_params([torch.empty(1).expand(3, *size)])
+    if isinstance(op, v2.ColorJitter):
+        factors = [params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")]
+        return _slot("color_jitter", [math.nan if f is None else f for f in factors] + params["fn_idx"].tolist())
+    if isinstance(op, v2.RandomRotation):
+        return _slot("rotation", [params["angle"]])
+    if isinstance(op, v2.RandomResizedCrop):
+        return _slot("resized_crop", [params["top"], params["left"], params["height"], params["width"]])
+    if isinstance(op, v2.RandomErasing):
+        return _slot(None) if params["v"] is None else _slot("erasing", [params[k] for k in "ijhw"])
+    if isinstance(op, v2.GaussianBlur):
+        return _slot("gaussian_blur", [params["sigma"][0], op.kernel_size[0]])
+    return _slot(name)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (24, 20)])
+def test_the_replayed_samplers_equal_torchvision_s_on_the_global_generator(size):
+    aug = ImageAugConfig(strategy="stack", ops=list(IMAGE_AUG_OPS), erasing_p=0.9, grayscale_p=0.5)
+    transform = train_transform(size, aug=aug)
+    draws = ViewDraws(transform)
+    for seed in range(300):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            expected = [_reference_slot(name, transform.ops[name], size) for name in aug.ops]
+        replay = torch.Generator().manual_seed(seed)
+        got = [_op_slot(name, transform.ops[name], _Replay(replay), size) for name in aug.ops]
+        np.testing.assert_array_equal(np.array(got), np.array(expected), err_msg=f"seed {seed}")
+    assert draws.slots() == len(aug.ops)

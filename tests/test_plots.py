@@ -163,7 +163,7 @@ def write_eval(tmp_path: Path, experiment: str, r1: float) -> Path:
     """A metrics file as `tbps evaluate` writes it (t2i row only)."""
     row = {"dataset": "synthetic", "experiment": experiment, "split": "test", "direction": "t2i", "epoch": 1,
            "selection": "last", "R1": r1, "R5": 50.0, "R10": 60.0, "mAP": 30.0, "mINP": 10.0, "num_queries": 8,
-           "num_gallery": 4, "seed": 0, "config_sha256": "c", "data_sha256": "d", "synonym_source": "none",
+           "num_gallery": 4, "seed": 0, "config_sha256": "c", "data_sha256": "d", "synonym_source": "none", "eval_precision": "fp32",
            **{name: 1 if kind is int else "x" for name, kind in FIELDS.items()},
            "checkpoint": "final.pt", "created_at": "2024-01-01T00:00:00+00:00"}
     path = tmp_path / f"{experiment}.parquet"

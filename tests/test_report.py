@@ -129,7 +129,7 @@ def test_caption_file_renders_as_text(caption):
     from docutils.core import publish_parts
     from jinja2 import Environment
 
-    wildcards = SimpleNamespace(dataset="cuhk-pedes", experiment="tbps_clip")
+    wildcards = SimpleNamespace(dataset="cuhk-pedes", experiment="tbps_clip", table="losses")  # study: {table}
     source = (REPO / "workflow" / "report" / caption).read_text()
     rendered = Environment(trim_blocks=True, lstrip_blocks=True).from_string(source).render(
         snakemake=SimpleNamespace(wildcards=wildcards))

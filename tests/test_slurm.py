@@ -2,10 +2,12 @@
 
 A module fixture starts a one-node Slurm cluster on this machine (scripts/slurm-local.sh: munged,
 slurmctld, slurmd, two fake GPUs) and always stops it again by PID. The test then runs the
-pipeline on a small synthetic dataset through `--profile` = workflow/profiles/slurm (plus one GPU
-request, see `_test_profile`) and checks that every job went through sbatch, ran and finished
-under Slurm, that GPU requests become `--gpus=N` (and `gpu: 0` none at all), and that a job
-asking for GPUs gets them (CUDA_VISIBLE_DEVICES) together with the torchrun launcher.
+pipeline on a small synthetic dataset and a two-row study of the paper (README, "The paper's
+study": two independent train + evaluate jobs, with --keep-going as on a cluster) through
+`--profile` = workflow/profiles/slurm (plus one GPU request, see `_test_profile`) and checks that
+every job went through sbatch, ran and finished under Slurm, that GPU requests become `--gpus=N`
+(and `gpu: 0` none at all), and that a job asking for GPUs gets them (CUDA_VISIBLE_DEVICES)
+together with the torchrun launcher.
 
 Needs root (or passwordless sudo) to start the daemons; installs Slurm with apt-get when it is
 missing. Skipped only outside CI when that is impossible; with CI=true it fails instead.
@@ -23,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -70,6 +73,13 @@ STAMP_RULES = _stamp_rules()
 # What the test builds: one variable, so extending the run is a one-line change.
 TARGETS = FULL_TARGETS if _full_pipeline_available() else DATA_TARGETS
 
+# A two-row study: Table 1's CLIP and + GlobalGrad (config/study.yaml), two runs, on the tiny
+# stand-ins of the synthetic set cut to one short epoch like EXPERIMENT (batch 320 x 0.05 = 16).
+STUDY_TARGET = "results/synthetic/study.parquet"
+STUDY_ROWS = ("clip", "global_grad")
+STUDY_FILE = "slurm_study.yaml"
+STUDY_SCHEDULE = {"optim": {"epochs": 1}, "data": {"num_workers": 0}, "train": {"eval_every_epoch": False}}
+
 # Small enough for a few minutes on 2 cores, big enough for one training batch.
 OVERLAY = {
     "datasets": {
@@ -80,10 +90,16 @@ OVERLAY = {
             "synth_seed": 0,
             "experiments": [TEST_EXPERIMENT],
             "augment_backend": "none",
+            "study": {
+                "backbones": {"ViT-B-32": "_study_tiny_rn", "ViT-B-16": "_study_tiny_vit"},
+                "schedule": "_study_slurm",
+                "batch_scale": 0.05,
+            },
         }
     },
     # One shard per split.
     "shards": {"max_samples": 1000},
+    "study": {"file": STUDY_FILE},
 }
 # The tiny recipe cut to one short epoch: the test is about scheduling, not learning.
 # (Not train.max_steps: a run stopped by it writes no final.pt, by design.)
@@ -213,6 +229,11 @@ def _workdir(tmp_path: Path) -> Path:
         yaml.safe_dump(EXPERIMENT, sort_keys=False)
     )
     (workdir / "Snakefile.slurmtest").write_text(PROBE_SNAKEFILE)
+    (workdir / "config" / "experiments" / "_study_slurm.yaml").write_text(yaml.safe_dump(STUDY_SCHEDULE))
+    study = yaml.safe_load((REPO / "config" / "study.yaml").read_text())
+    study["tables"] = {"tricks": {**study["tables"]["tricks"], "rows": list(STUDY_ROWS)}}
+    study["rows"] = {row: study["rows"][row] for row in STUDY_ROWS}
+    (workdir / STUDY_FILE).write_text(yaml.safe_dump(study, allow_unicode=True, sort_keys=False))
     return workdir
 
 
@@ -248,9 +269,11 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
     profile = _test_profile(workdir)
     cmd = [
         "timeout", "-s", "KILL", str(RUN_TIMEOUT_S),
-        sys.executable, "-m", "snakemake", *TARGETS, PROBE_TARGET,
+        sys.executable, "-m", "snakemake", *TARGETS, STUDY_TARGET, PROBE_TARGET,
         "--snakefile", "Snakefile.slurmtest",
         "--profile", str(profile),
+        # As on a cluster: a failed study row would not stop the others.
+        "--keep-going",
         # Only for speed on a test cluster: first status check after 2 s instead of 20 s.
         "--slurm-init-seconds-before-status-checks", "2",
         "--verbose",  # logs each sbatch call
@@ -265,8 +288,11 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
         pytest.fail(f"Snakemake was killed after {RUN_TIMEOUT_S} s\n{_failure_context(workdir, log)}")
     assert proc.returncode == 0, f"Snakemake failed (rc {proc.returncode})\n{_failure_context(workdir, log)}"
 
-    for target in [*TARGETS, PROBE_TARGET]:
+    for target in [*TARGETS, STUDY_TARGET, PROBE_TARGET]:
         assert (workdir / target).is_file(), f"{target} was not built"
+    # The study: each row its own run (train and evaluate jobs of their own), both in the table.
+    study = pl.read_parquet(workdir / STUDY_TARGET).filter(pl.col("direction") == "t2i")
+    assert study.select("row", "run", "status").rows() == [(row, f"study_{row}", "done") for row in STUDY_ROWS]
 
     # Every job of the run was submitted with sbatch, ran under Slurm and completed there; only
     # the stamp rules (local rules without a command) stay on this host.
@@ -278,7 +304,8 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
         f"jobs that finished without sbatch: {sorted(set(finished) - local - set(submitted))}"
     )
     rules = set(finished.values())
-    expected = {"synth", "prepare", "augment", "shard_plan", "shard", "shard_manifest", "slurm_gpu_probe"}
+    expected = {"synth", "prepare", "augment", "shard_plan", "shard", "shard_manifest", "slurm_gpu_probe",
+                "train", "evaluate", "study_table", "study_report", "study"}
     if TARGETS == FULL_TARGETS:
         expected |= {"train", "evaluate", "collect"}
     assert expected <= rules, f"rules missing from the run: {sorted(expected - rules)}"
@@ -290,7 +317,8 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
         assert Path(slurm_log).is_file(), f"Slurm log of job {slurm_id} was not kept: {slurm_log}"
 
     # GPU requests: gpu >= 1 -> --gpus=N; gpu: 0 (augment without back-translation, tiny_*
-    # train/evaluate) -> no --gpus flag at all, and never --gpus=0.
+    # train/evaluate, the study's runs on the tiny stand-ins) -> no --gpus flag at all, and never
+    # --gpus=0.
     calls = SBATCH_CALL.findall(log)
     assert len(calls) == len(submitted), f"{len(calls)} sbatch calls logged for {len(submitted)} jobs"
     for call in calls:
@@ -316,7 +344,7 @@ def test_pipeline_runs_through_sbatch(slurm_cluster, tmp_path):
     assert probe.get("launcher") == f"torchrun --standalone --nproc_per_node {FAKE_GPUS} -m tbps", probe
 
     # For the notes: what ran where, and how long each phase took.
-    print(f"[slurm] targets {' '.join(TARGETS)} + {PROBE_TARGET}")
+    print(f"[slurm] targets {' '.join(TARGETS)} + {STUDY_TARGET} ({len(STUDY_ROWS)} rows) + {PROBE_TARGET}")
     print(f"[slurm] snakemake run: {run_s:.1f} s for {len(submitted)} sbatch jobs")
     print(f"{'slurm id':>8}  {'state':<10} {'elapsed':>8}  {'gres':<12} job")
     for slurm_id, _ in sorted(submitted.values(), key=lambda v: int(v[0])):

@@ -31,6 +31,7 @@ STAGES = [
     "evaluate",
     "collect",
     "plots",
+    "study",
     "index",
     "probe",
     "search",

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="test", help="split name recorded in the rows (default: test)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workers", type=int, default=2, help="image decoding workers (default: 2)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                        help="arithmetic of the embedding passes (default: the run's eval.precision, fp32 unless "
+                             "set); recorded in the rows' eval_precision column")
     parser.set_defaults(func=_run)
 
 
@@ -34,5 +37,5 @@ def _run(args) -> int:
 
     evaluate(args.checkpoint, args.shards, args.out, dataset=args.dataset, experiment=args.experiment,
              split=args.split, examples_out=args.examples, device=args.device, experiment_file=args.experiment_file,
-             num_workers=args.workers)
+             num_workers=args.workers, precision=args.precision)
     return 0

@@ -18,7 +18,9 @@ random stream outside the seeded draws, and the device side draws nothing.
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 
 import torch
 from PIL import Image
@@ -34,7 +36,6 @@ from tbps.data.transforms import (
     TrainTransform,
     _generator,
     _resized_image,
-    _seeded_global_rng,
 )
 
 DEVICE_OPS = ("resized_crop", "erasing", "grayscale", "color_jitter", "hflip", "vflip", "gaussian_blur",
@@ -53,27 +54,101 @@ def _slot(name: str | None, values=()) -> list[float]:
     return [float(SKIP if name is None else _CODE[name]), *values, *[math.nan] * (SLOT_WIDTH - len(values))]
 
 
-def _probe(height: int, width: int) -> Tensor:
-    """A zero-storage CHW tensor of the given size: torchvision's samplers only read the shape."""
-    return torch.empty(1).expand(3, height, width)
+class _Replay:
+    """torchvision's parameter samplers replayed on an explicit generator.
+
+    Each method makes the torch calls of the torchvision ``make_params`` (or coin flip) it names, in the
+    same order and with the same arguments, but on ``gen`` instead of torch's global generator: a
+    generator seeded with s yields what the global one seeded with s yields, so the values are the
+    ones the CPU path draws (tests/test_device_aug.py compares them with torchvision's own samplers).
+    This avoids forking and restoring the global generator's state for every view, and torchvision's
+    per-call input inspection, which were most of a worker's drawing time.
+    """
+
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
+
+    def uniform(self, low: float, high: float) -> float:
+        return torch.empty(1).uniform_(low, high, generator=self.gen).item()
+
+    def coin(self, p: float) -> bool:
+        """torchvision's ``torch.rand(1) >= p`` skip test, as 'applied'. torch compares a float32 tensor with
+        ``p`` rounded to float32; both are float32 values, so comparing them as Python floats is the same."""
+        return torch.rand(1, generator=self.gen).item() < _float32(p)
+
+    def randint(self, low: int, high: int) -> int:
+        return torch.randint(low, high, size=(1,), generator=self.gen).item()
+
+    def log_uniform(self, log_ratio: tuple[float, float]) -> float:
+        return torch.exp(torch.empty(1).uniform_(*log_ratio, generator=self.gen)).item()
+
+    def crop_box(self, op: v2.RandomResizedCrop, height: int, width: int) -> tuple[int, int, int, int]:
+        """``RandomResizedCrop.make_params`` for an image of (height, width): (top, left, height, width)."""
+        area = height * width
+        for _ in range(10):
+            target_area = area * self.uniform(*op.scale)
+            aspect_ratio = self.log_uniform(_log_ratio(op))
+            w = int(round(math.sqrt(target_area * aspect_ratio)))
+            h = int(round(math.sqrt(target_area / aspect_ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                return self.randint(0, height - h + 1), self.randint(0, width - w + 1), h, w
+        in_ratio = float(width) / float(height)  # torchvision's fallback: the central crop
+        if in_ratio < min(op.ratio):
+            w = width
+            h = int(round(w / min(op.ratio)))
+        elif in_ratio > max(op.ratio):
+            h = height
+            w = int(round(h * max(op.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def erasing_box(self, op: v2.RandomErasing, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """``RandomErasing.make_params`` for a fill value (no noise drawn): (i, j, h, w), or None (nothing erased)."""
+        area = height * width
+        for _ in range(10):
+            erase_area = area * self.uniform(*op.scale)
+            aspect_ratio = self.log_uniform(_log_ratio(op))
+            h = int(round(math.sqrt(erase_area * aspect_ratio)))
+            w = int(round(math.sqrt(erase_area / aspect_ratio)))
+            if h < height and w < width:
+                return self.randint(0, height - h + 1), self.randint(0, width - w + 1), h, w
+        return None
+
+    def jitter(self, op: v2.ColorJitter) -> list[float]:
+        """``ColorJitter.make_params``: the four factors (NaN = step off), then the step order."""
+        order = torch.randperm(4, generator=self.gen).tolist()
+        factors = [math.nan if r is None else float(self.uniform(r[0], r[1]))
+                   for r in (op.brightness, op.contrast, op.saturation, op.hue)]
+        return factors + order
 
 
-def _op_slot(name: str, op: v2.Transform, probe: Tensor) -> list[float]:
-    """Draw what ``op(probe)`` would draw from torch's global generator, as one slot."""
-    if isinstance(op, _COINS) and not bool(torch.rand(1) < op.p):
+@functools.cache
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+@functools.cache
+def _log_ratio(op: v2.Transform) -> tuple[float, float]:
+    """The op's aspect-ratio range in log space, exactly as torchvision passes it to ``uniform_``."""
+    return tuple(float(v) for v in op._log_ratio)
+
+
+def _op_slot(name: str, op: v2.Transform, draw: _Replay, size: tuple[int, int]) -> list[float]:
+    """Draw what ``op`` would draw from torch's global generator on an image of ``size``, as one slot."""
+    if isinstance(op, _COINS) and not draw.coin(op.p):
         return _slot(None)
-    params = op.make_params([probe])
     if isinstance(op, v2.ColorJitter):
-        factors = [params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")]
-        return _slot("color_jitter", [math.nan if f is None else f for f in factors] + params["fn_idx"].tolist())
+        return _slot("color_jitter", draw.jitter(op))
     if isinstance(op, v2.RandomRotation):
-        return _slot("rotation", [params["angle"]])
+        return _slot("rotation", [draw.uniform(*op.degrees)])
     if isinstance(op, v2.RandomResizedCrop):
-        return _slot("resized_crop", [params["top"], params["left"], params["height"], params["width"]])
+        return _slot("resized_crop", draw.crop_box(op, *size))
     if isinstance(op, v2.RandomErasing):
-        return _slot(None) if params["v"] is None else _slot("erasing", [params[k] for k in "ijhw"])
+        box = draw.erasing_box(op, *size)
+        return _slot(None) if box is None else _slot("erasing", box)
     if isinstance(op, v2.GaussianBlur):
-        return _slot("gaussian_blur", [params["sigma"][0], op.kernel_size[0]])
+        return _slot("gaussian_blur", [draw.uniform(*op.sigma), op.kernel_size[0]])
     if isinstance(op, v2.RandomGrayscale):
         return _slot("grayscale")
     if isinstance(op, v2.RandomHorizontalFlip):
@@ -81,6 +156,12 @@ def _op_slot(name: str, op: v2.Transform, probe: Tensor) -> list[float]:
     if isinstance(op, v2.RandomVerticalFlip):
         return _slot("vflip")
     raise ValueError(f"no device version of {type(op).__name__} ({name})")
+
+
+def _view_generator(gen: torch.Generator, view_gen: torch.Generator) -> _Replay:
+    """Seed ``view_gen`` as the CPU path seeds the global generator for one view (tbps.data.transforms)."""
+    view_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    return _Replay(view_gen)
 
 
 def _pack(slots: list[list[float]]) -> Tensor:
@@ -104,7 +185,9 @@ class ViewDraws:
             raise ValueError(f"strategy {train.aug.strategy!r} has no device version")
         self.train, self.mvs, self.simclr = train, mvs, simclr
         self.size = train.size
-        self.probe = _probe(*self.size)
+        erasing = train.ops.get("erasing")
+        if erasing is not None and erasing.value is None:
+            raise ValueError("random-noise erasing (value=None) has no device version")
 
     def slots(self) -> int:
         """Slots of a main/MVS view (0 without augmentation)."""
@@ -112,43 +195,48 @@ class ViewDraws:
 
     def train_view(self, gen: torch.Generator) -> Tensor:
         """The parameters :meth:`TrainTransform.augment` would use (it draws nothing for strategy 'none')."""
-        names = self.train.draw_ops(gen)
-        slots = []
-        if self.train.aug.strategy in ("pool", "stack"):
-            with _seeded_global_rng(gen):
-                slots = [_op_slot(name, self.train.ops[name], self.probe) for name in names]
-        return _pack(slots)
+        return _pack(self._train_slots(gen, torch.Generator()))
 
     def simclr_view(self, gen: torch.Generator, source_size: tuple[int, int]) -> Tensor:
         """The parameters of :class:`SimCLRTransform` for an image of ``source_size`` (height, width); the crop
         box becomes the same share of the training-size image, which is what the device crops."""
+        return _pack(self._simclr_slots(gen, source_size, torch.Generator()))
+
+    def _train_slots(self, gen: torch.Generator, view_gen: torch.Generator) -> list[list[float]]:
+        names = self.train.draw_ops(gen)
+        if self.train.aug.strategy not in ("pool", "stack"):
+            return []
+        draw = _view_generator(gen, view_gen)
+        return [_op_slot(name, self.train.ops[name], draw, self.size) for name in names]
+
+    def _simclr_slots(self, gen: torch.Generator, source_size: tuple[int, int],
+                      view_gen: torch.Generator) -> list[list[float]]:
         crop, jitter, gray, blur, flip = self.simclr.ops.transforms
         height0, width0 = source_size
         h, w = self.size
-        with _seeded_global_rng(gen):
-            box = crop.make_params([_probe(height0, width0)])
-            slots = [_slot("resized_crop", [box["top"] * h / height0, box["left"] * w / width0,
-                                            box["height"] * h / height0, box["width"] * w / width0])]
-            probe = self.probe
-            applied = bool(torch.rand(1) < jitter.p)  # v2.RandomApply's coin: torch.rand(1) >= p skips
-            slots.append(_op_slot("color_jitter", jitter.transforms[0], probe) if applied else _slot(None))
-            slots.append(_op_slot("grayscale", gray, probe))
-            applied = bool(torch.rand(1) < blur.p)
-            slots.append(_slot("radius_blur", [blur.transforms[0].draw_radius()]) if applied else _slot(None))
-            slots.append(_op_slot("hflip", flip, probe))
-        return _pack(slots)
+        draw = _view_generator(gen, view_gen)
+        top, left, box_h, box_w = draw.crop_box(crop, height0, width0)
+        slots = [_slot("resized_crop", [top * h / height0, left * w / width0, box_h * h / height0, box_w * w / width0])]
+        slots.append(_slot("color_jitter", draw.jitter(jitter.transforms[0])) if draw.coin(jitter.p) else _slot(None))
+        slots.append(_slot("grayscale") if draw.coin(gray.p) else _slot(None))
+        radius = blur.transforms[0].sigma
+        slots.append(_slot("radius_blur", [draw.uniform(*radius)]) if draw.coin(blur.p) else _slot(None))
+        slots.append(_slot("hflip") if draw.coin(flip.p) else _slot(None))
+        return slots
 
     def __call__(self, image: Image.Image, rng: RandomSource) -> dict:
-        gen = _generator(rng)
+        gen, view_gen = _generator(rng), torch.Generator()  # one scratch generator, reseeded per view
         base = _resized_image(image, self.size, InterpolationMode.BILINEAR)
-        views = {"image": self.train_view(gen)}
+        views = {"image": self._train_slots(gen, view_gen)}
         if self.mvs:
-            views["image_mvs"] = self.train_view(gen)
+            views["image_mvs"] = self._train_slots(gen, view_gen)
         if self.simclr is not None:
             source = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
-            views["simclr_a"] = self.simclr_view(gen, source)
-            views["simclr_b"] = self.simclr_view(gen, source)
-        return {"image": base, "views": views}
+            views["simclr_a"] = self._simclr_slots(gen, source, view_gen)
+            views["simclr_b"] = self._simclr_slots(gen, source, view_gen)
+        # One tensor for all views (a torch.tensor call costs more than the rows it holds), split per view.
+        tables = _pack([row for slots in views.values() for row in slots]).split([len(v) for v in views.values()])
+        return {"image": base, "views": dict(zip(views, tables))}
 
 
 def _color_jitter(x: Tensor, params: Tensor) -> Tensor:

@@ -205,7 +205,7 @@ class PILGaussianBlur(torch.nn.Module):
         self.sigma = sigma
 
     def draw_radius(self) -> float:
-        """σ from torch's global generator (also what the device path draws: tbps.data.device_aug)."""
+        """σ from torch's global generator (the device path replays this call: tbps.data.device_aug)."""
         return float(torch.empty(1).uniform_(*self.sigma))
 
     def forward(self, image: Image.Image) -> Image.Image:

@@ -21,6 +21,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from tbps.datasets import REAL_DATASETS, is_synthetic
+from tbps.study import RUN_PREFIX as STUDY_RUN_PREFIX
 
 
 def validate_config():
@@ -111,11 +112,15 @@ WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 def pretrained_checkpoint(experiment):
     """The experiment's model.pretrained when it names a file (e.g. a final.pt built by this workflow)
     rather than an open_clip tag, else None."""
-    from pathlib import Path
-
     from tbps.config import load_experiment
 
-    pretrained = load_experiment(experiment_file(experiment)).model.pretrained
+    return weight_file(load_experiment(experiment_file(experiment)).model.pretrained)
+
+
+def weight_file(pretrained):
+    """`model.pretrained` when it names a file rather than an open_clip tag, else None."""
+    from pathlib import Path
+
     if pretrained and (
         len(Path(pretrained).parts) > 1
         or Path(pretrained).suffix in WEIGHT_FILE_SUFFIXES
@@ -167,6 +172,74 @@ def evaluated_runs(dataset):
 def is_cpu_experiment(experiment):
     """The tiny_* experiments are the CPU models of the embedded demo and the tests."""
     return experiment.startswith("tiny_")
+
+
+# ---------------------------------------------------------------- the paper's study
+
+
+def is_study_run(run):
+    """`study_<row id>`: a run of the paper's study (config/study.yaml), not a preset."""
+    return run.startswith(STUDY_RUN_PREFIX)
+
+
+def study_settings(dataset):
+    """config.yaml's `study:` stand-ins, with the dataset's own `study:` over them (and every
+    row on `study_backbone` when that is set)."""
+    from tbps.errors import UserInputError
+    from tbps.study.plan import StudySettings
+
+    try:
+        return StudySettings.merged(
+            config["experiments_dir"],
+            config["study"],
+            DATASETS[dataset].get("study"),
+            DATASETS[dataset]["augment_backend"],
+            config.get("study_backbone"),
+        )
+    except UserInputError as e:
+        sys.stderr.write(f"\nERROR: the study on {dataset}: {e}\n\n")
+        sys.exit(1)
+
+
+_STUDY_PLANS = {}
+
+
+def study_plan(dataset):
+    """Every row of the study on `dataset` resolved, and the runs they share (planned once per
+    dataset and process; reads the study file and the presets, writes nothing)."""
+    if dataset not in _STUDY_PLANS:
+        from tbps.errors import UserInputError
+        from tbps.study.plan import plan_study
+        from tbps.study.spec import load_study
+
+        try:
+            _STUDY_PLANS[dataset] = plan_study(
+                load_study(config["study"]["file"]), study_settings(dataset)
+            )
+        except UserInputError as e:
+            sys.stderr.write(f"\nERROR: the study on {dataset}: {e}\n\n")
+            sys.exit(1)
+    return _STUDY_PLANS[dataset]
+
+
+def study_run(dataset, run):
+    """The planned run `run` of the study on `dataset`; stops with the run to build when `run`
+    names a row that shares another row's run."""
+    plan = study_plan(dataset)
+    if run in plan.runs:
+        return plan.runs[run]
+    row = run[len(STUDY_RUN_PREFIX) :]
+    if row in plan.rows:
+        hint = (
+            f"row {row} has the same configuration as {', '.join(plan.runs[plan.rows[row].run].rows)}: "
+            f"its run is {plan.rows[row].run} (results/{dataset}/{plan.rows[row].run}/)"
+        )
+    else:
+        hint = f"no row {row!r} in a table of {config['study']['file']}"
+    sys.stderr.write(
+        f"\nERROR: {run} is not a run of the study on {dataset}: {hint}.\n\n"
+    )
+    sys.exit(1)
 
 
 # ---------------------------------------------------------------- data
@@ -310,6 +383,12 @@ def get_split_manifests(wildcards):
 
 
 def get_experiment_file(wildcards):
+    """The experiment's file; for a study run, the preset its rows start from (the run's
+    differences from it are the train rule's `--set` overrides, get_run_overrides)."""
+    if is_study_run(wildcards.experiment):
+        return experiment_file(
+            study_run(wildcards.dataset, wildcards.experiment).preset
+        )
     return experiment_file(wildcards.experiment)
 
 
@@ -322,7 +401,12 @@ def get_val_manifest(wildcards):
 
 def get_pretrained_checkpoint(wildcards):
     """A model of ours standing in for pre-trained CLIP (built first), [] for an open_clip tag or none."""
-    pretrained = pretrained_checkpoint(wildcards.experiment)
+    if is_study_run(wildcards.experiment):
+        pretrained = weight_file(
+            study_run(wildcards.dataset, wildcards.experiment).config.model.pretrained
+        )
+    else:
+        pretrained = pretrained_checkpoint(wildcards.experiment)
     return [pretrained] if pretrained else []
 
 
@@ -369,12 +453,20 @@ def compression_overrides(wildcards):
 
 
 def get_run_overrides(wildcards):
-    """`KEY=VALUE` overrides (after `--set`) that make a run of its base experiment (few-shot, compression)."""
+    """`KEY=VALUE` overrides (after `--set`) that make a run of its base experiment: a study run's
+    differences from its preset (values as JSON; as a param they retrain exactly the runs whose
+    row, mixin or study setting changed), or the few-shot and compression settings."""
+    if is_study_run(wildcards.experiment):
+        return list(study_run(wildcards.dataset, wildcards.experiment).overrides)
     return few_shot_overrides(wildcards) + compression_overrides(wildcards)
 
 
 def get_gpus(wildcards):
     # One GPU by default; a profile's `set-resources: train: gpu: N` asks for N (torchrun).
+    if is_study_run(wildcards.experiment):
+        # evaluate_cross names the dataset a model was trained on train_dataset.
+        dataset = getattr(wildcards, "dataset", None) or wildcards.train_dataset
+        return 0 if study_run(dataset, wildcards.experiment).on_cpu else 1
     return 0 if is_cpu_experiment(wildcards.experiment) else 1
 
 
@@ -586,3 +678,68 @@ def get_few_shot_checkpoints(wildcards):
         f"results/{wildcards.dataset}/{run}/train/final.pt"
         for _, run in few_shot_runs(wildcards)
     ]
+
+
+# ---------------------------------------------------------------- the paper's study (study.smk)
+
+
+def get_study_file(wildcards):
+    return config["study"]["file"]
+
+
+def study_metrics_file(dataset, run):
+    return f"results/{dataset}/{run}/eval/test.parquet"
+
+
+def get_study_table_metrics(wildcards):
+    """Test metrics of the runs of one table (rows sharing a configuration share a run)."""
+    plan = study_plan(wildcards.dataset)
+    if wildcards.table not in plan.study.tables:
+        sys.stderr.write(
+            f"\nERROR: no table {wildcards.table!r} in {config['study']['file']} "
+            f"(tables: {', '.join(plan.study.tables)}).\n\n"
+        )
+        sys.exit(1)
+    return [
+        study_metrics_file(wildcards.dataset, run)
+        for run in plan.table_runs([wildcards.table])
+    ]
+
+
+def get_study_metrics(wildcards):
+    """Test metrics of every run of the study: one train and one evaluate per distinct experiment."""
+    return [
+        study_metrics_file(wildcards.dataset, run)
+        for run in study_plan(wildcards.dataset).table_runs()
+    ]
+
+
+def get_present_study_metrics(wildcards):
+    """The study's test metrics that exist now (the partial study reads only these, so building
+    it never starts a run; a run that finishes later changes this list and so rebuilds it).
+    """
+    return [p for p in get_study_metrics(wildcards) if os.path.exists(p)]
+
+
+def get_study_pages(wildcards):
+    """Each table's page (paper | ours | delta) and gain chart."""
+    return [
+        f"results/{wildcards.dataset}/study/{table}.{kind}"
+        for table in study_plan(wildcards.dataset).study.tables
+        for kind in ("html", "png")
+    ]
+
+
+def get_study_backbones(wildcards):
+    """`--backbone NAME=MIXIN` values (a list: :q quotes each)."""
+    settings = study_settings(wildcards.dataset)
+    return [f"{name}={mixin}" for name, mixin in sorted(settings.backbones.items())]
+
+
+def get_study_schedule(wildcards):
+    schedule = study_settings(wildcards.dataset).schedule
+    return [] if schedule is None else [schedule]
+
+
+def get_study_batch_scale(wildcards):
+    return study_settings(wildcards.dataset).batch_scale

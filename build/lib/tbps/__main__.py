@@ -1,0 +1,3 @@
+from tbps.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""What training and evaluation read: the training loader, image transforms, caption cleaning."""
