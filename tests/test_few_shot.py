@@ -161,7 +161,7 @@ def fake_run(tmp_path, method: str, fraction: float, r1: float, *, subset: str =
     rows = [{"dataset": dataset, "experiment": run, "split": "test", "direction": d, "epoch": 5,
              "selection": "last", "R1": r1, "R5": 50.0, "R10": 60.0, "mAP": 30.0, "mINP": 10.0, "num_queries": 10,
              "num_gallery": 5, "seed": 1, "config_sha256": "c" * 64, "data_sha256": "d" * 64, "synonym_source": "none",
-             **ENVIRONMENT, "checkpoint": "x", "created_at": "2024-01-01T00:00:00+00:00"} for d in ("t2i", "i2t")]
+             "eval_precision": "fp32", **ENVIRONMENT, "checkpoint": "x", "created_at": "2024-01-01T00:00:00+00:00"} for d in ("t2i", "i2t")]
     pl.DataFrame(rows).write_parquet(folder / "eval" / "test.parquet")
     config = ExperimentConfig()
     config.model.peft = {"coop": "coop", "clip_adapter": "clip_adapter"}.get(method, "none")
