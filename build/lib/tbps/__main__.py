@@ -1,3 +1,0 @@
-from tbps.cli import main
-
-raise SystemExit(main())

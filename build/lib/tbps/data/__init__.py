@@ -1,1 +1,0 @@
-"""What training and evaluation read: the training loader, image transforms, caption cleaning."""
