@@ -173,6 +173,17 @@ def load_eval_metrics(path: Path) -> pl.DataFrame:
     return _to_output(df)
 
 
+def load_test_t2i_row(path: Path, dataset: str) -> dict:
+    """A run's one text->image test row of ``dataset`` from its ``tbps evaluate`` metrics file (the row
+    the probe and few-shot tables report)."""
+    metrics = load_eval_metrics(path).filter(
+        (pl.col("direction") == "t2i") & (pl.col("split") == "test") & (pl.col("dataset") == dataset))
+    if metrics.height != 1:
+        raise input_error(path, f"expected one text->image test row of {dataset}, found {metrics.height}",
+                          "pass the run's eval/test.parquet written by `tbps evaluate`")
+    return metrics.row(0, named=True)
+
+
 def val_curve_owner(path: Path) -> tuple[str, str]:
     """(dataset, experiment) of ``results/{dataset}/{experiment}/train/val_curve.parquet``."""
     train_dir = path.parent

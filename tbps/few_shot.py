@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tbps.collect import load_eval_metrics
+from tbps.collect import load_test_t2i_row
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import write_parquet_atomic
 from tbps.model.checkpoint_load import read_tbps_checkpoint
@@ -68,12 +68,7 @@ def few_shot_row(method: str, metrics_path: Path, checkpoint_path: Path, dataset
     if method not in FEW_SHOT_METHODS:
         raise UserInputError(f"few-shot method {method!r} is not one of {list(FEW_SHOT_METHODS)}. "
                              f"Fix: name each run's method by its key")
-    metrics = load_eval_metrics(metrics_path).filter(
-        (pl.col("direction") == "t2i") & (pl.col("split") == "test") & (pl.col("dataset") == dataset))
-    if metrics.height != 1:
-        raise input_error(metrics_path, f"expected one text->image test row of {dataset}, found {metrics.height}",
-                          "pass the run's eval/test.parquet written by `tbps evaluate`")
-    row = metrics.row(0, named=True)
+    row = load_test_t2i_row(metrics_path, dataset)
     facts = _checkpoint_facts(checkpoint_path, method)
     paper = few_shot_published(method, facts["fraction"], dataset)
     return {
