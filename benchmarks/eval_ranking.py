@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 
+import rss  # benchmarks/rss.py, beside this script
 import torch
 
 from tbps.metrics import retrieval_metrics
@@ -75,14 +76,6 @@ def full_argsort_metrics(
     return result
 
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def run_worker(args: argparse.Namespace) -> None:
     """One method in this process; prints one JSON line."""
     torch.manual_seed(0)
@@ -93,11 +86,8 @@ def run_worker(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        # Writing "5" resets VmHWM to the current RSS (Linux >= 4.0), so the peak
-        # below belongs to this method alone.
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        before = _proc_status_kib("VmRSS") * 1024
+        # The peak below then belongs to this method alone.
+        before = rss.reset_peak()
     start = time.perf_counter()
     if args.worker == "chunked":
         result = retrieval_metrics(similarity, query_ids, gallery_ids, ks=KS, query_chunk=args.query_chunk)
@@ -106,7 +96,7 @@ def run_worker(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else _proc_status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else rss.peak_bytes()
     print(
         json.dumps(
             {

@@ -39,9 +39,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import rss  # benchmarks/rss.py, beside this script
 import torch
 
 from tbps.evaluate import Encoded, retrieval_examples, score
+from tbps.fileio import write_json_atomic
 from tbps.metrics import retrieval_metrics, topk_indices
 
 DIM = 512
@@ -95,21 +97,12 @@ def dense_examples(encoded: Encoded, *, num_queries: int = 12, num_failures: int
 
 # --------------------------------------------------------------------------- measuring
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def run_worker(args: argparse.Namespace) -> None:
     """One method in this process; prints one JSON line."""
     encoded = make_encoded(args.size, args.ids, args.noise, args.seed)
-    # Writing "5" resets VmHWM to the current RSS (Linux >= 4.0): the peak below is the step's own.
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _proc_status_kib("VmRSS") * 1024
+    # The peak below then is the step's own.
+    before = rss.reset_peak()
     start, cpu_start = time.perf_counter(), time.process_time()
     if args.worker == "dense":
         metrics = dense_score(encoded, args.query_chunk)
@@ -121,7 +114,7 @@ def run_worker(args: argparse.Namespace) -> None:
         scored = time.perf_counter()
         examples = retrieval_examples(encoded, first_positive_rank=result.ranks["t2i"].first_positive)
     done, cpu = time.perf_counter(), time.process_time() - cpu_start
-    peak = _proc_status_kib("VmHWM") * 1024
+    peak = rss.peak_bytes()
     print(json.dumps({
         "method": args.worker, "size": args.size, "score_seconds": scored - start,
         "examples_seconds": done - scored, "seconds": done - start, "cpu_seconds": cpu,
@@ -206,8 +199,8 @@ def main() -> None:
         print(f"metrics {'identical' if same_metrics else 'DIFFERENT'}, examples table "
               f"{'identical' if same_examples else 'DIFFERENT'}")
     out = args.out or OUT / f"evaluate-{args.size}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine_info(), "args": vars(args), "rows": rows}, indent=1))
+    # --out is a Path: the recorded arguments must stay JSON.
+    write_json_atomic(out, {"machine": machine_info(), "args": {**vars(args), "out": str(out)}, "rows": rows})
 
 
 if __name__ == "__main__":

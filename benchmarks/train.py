@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import rss  # benchmarks/rss.py, beside this script
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import default_collate
@@ -113,14 +114,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _proc_status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
-
-
 class PeakMemory:
     """Peak memory from ``reset()`` to ``read()``: CUDA peak allocated, or this process's peak RSS."""
 
@@ -133,17 +126,14 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             return
         gc.collect()
-        # Writing "5" resets VmHWM to the current RSS (Linux >= 4.0), so the peak is this part's.
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        self.baseline = _proc_status_kib("VmRSS") * 1024
+        self.baseline = rss.reset_peak()
 
     def read(self) -> dict:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return {"kind": "cuda_max_allocated", "peak_bytes": torch.cuda.max_memory_allocated(self.device),
                     "peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device)}
-        return {"kind": "cpu_peak_rss", "peak_bytes": _proc_status_kib("VmHWM") * 1024,
+        return {"kind": "cpu_peak_rss", "peak_bytes": rss.peak_bytes(),
                 "baseline_rss_bytes": self.baseline}
 
 
