@@ -24,15 +24,15 @@ from torch.utils.data import DataLoader
 
 from tbps.config import ExperimentConfig
 from tbps.data.captions import clean_caption
+from tbps.data.eval_images import EvalImages
 from tbps.data.synonym_sources import synonym_source_used
-from tbps.data.transforms import eval_transform
 from tbps.device import resolve_device
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_parquet_atomic
 from tbps.metrics import QueryRanks, rank_queries_by_features, similarity_rows, summarise, topk_indices
 from tbps.progress import progress
 from tbps.provenance import environment
-from tbps.shards.reader import load_manifest, open_shards
+from tbps.shards.reader import load_manifest
 
 if TYPE_CHECKING:
     import polars as pl
@@ -66,19 +66,6 @@ class EvalResult:
     """direction -> per-query ranks (the t2i first-positive ranks pick the examples' worst failures)."""
 
 
-class _EvalImages(torch.utils.data.IterableDataset):
-    """Decoded, eval-transformed images of a split in manifest order, with their metadata."""
-
-    def __init__(self, manifest: Path, image_size, normalisation: str, num_workers: int):
-        self.pipeline = open_shards(manifest, num_workers=max(num_workers, 1))
-        self.transform = eval_transform(image_size, normalisation)
-
-    def __iter__(self):
-        for sample in self.pipeline:
-            meta = sample["json"]
-            yield self.transform(sample["image"]), meta["person_id"], meta["image_path"], list(meta["captions"])
-
-
 @torch.no_grad()
 def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation: str, batch_size: int,
                  device: torch.device, max_words: int = 77, num_workers: int = 2,
@@ -97,7 +84,7 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
     model.eval()
     manifest = Path(manifest)
     total = int(load_manifest(manifest)["num_samples"])
-    loader = DataLoader(_EvalImages(manifest, image_size, normalisation, num_workers), batch_size=batch_size,
+    loader = DataLoader(EvalImages(manifest, image_size, normalisation, num_workers), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=lambda rows: rows)
     image_features, image_ids, image_paths, captions, text_ids = [], [], [], [], []
     with progress(total=total, desc="encode images", unit="img") as bar:

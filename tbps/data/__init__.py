@@ -1,1 +1,1 @@
-"""What training and evaluation read: the training loader, image transforms, caption cleaning."""
+"""What training and evaluation read: the training loader, image transforms, evaluation's images, caption cleaning."""

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from tbps.config import ExperimentConfig, config_from_dict
 from tbps.data.captions import clean_caption
-from tbps.data.transforms import eval_transform
+from tbps.data.eval_images import EvalImages
 from tbps.device import resolve_device
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
@@ -42,7 +42,6 @@ from tbps.metrics import retrieval_metrics
 from tbps.probe.modules import TOWERS, Module, interpolated, modules_of, removed
 from tbps.progress import progress
 from tbps.provenance import environment
-from tbps.shards.reader import open_shards
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +111,12 @@ class ProbeSplit:
     text_ids: np.ndarray
 
 
-class _SplitImages(torch.utils.data.IterableDataset):
-    def __init__(self, manifest: Path, image_size, normalisation: str, num_workers: int):
-        self.pipeline = open_shards(manifest, num_workers=max(num_workers, 1))
-        self.transform = eval_transform(image_size, normalisation)
-
-    def __iter__(self):
-        for sample in self.pipeline:
-            meta = sample["json"]
-            yield self.transform(sample["image"]), meta["person_id"], list(meta["captions"])
-
-
 def load_split(manifest: Path, tokenizer, cfg: ExperimentConfig, *, num_workers: int = 2) -> ProbeSplit:
-    loader = DataLoader(_SplitImages(manifest, cfg.model.image_size, cfg.data.normalisation, num_workers),
+    loader = DataLoader(EvalImages(manifest, cfg.model.image_size, cfg.data.normalisation, num_workers),
                         batch_size=cfg.eval.batch_size, num_workers=num_workers, collate_fn=lambda rows: rows)
     images, image_ids, captions, text_ids = [], [], [], []
     for rows in loader:
-        for image, pid, caps in rows:
+        for image, pid, _path, caps in rows:
             images.append(image)
             image_ids.append(pid)
             captions.extend(clean_caption(c, max_words=cfg.data.max_words) for c in caps)
