@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +260,28 @@ def test_interrupted_update_leaves_the_previous_index_usable(photos, photo_index
     assert main(["index", "--checkpoint", str(ckpt), "--images", str(extra), "--out", str(out), "--workers", "0",
                  "--batch-size", "4"]) == 130
     assert open_index(out, check_hashes=True).count == len(photos["images"])
+
+
+def test_a_second_index_run_on_one_folder_is_refused_until_the_first_ends(photos, photo_index, ckpt, tmp_path,
+                                                                           capsys):
+    """Another process holds the index (as a running `tbps index` does); killed, it holds nothing."""
+    out = copy_index(photo_index, tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = cli(capsys, "index", "--checkpoint", ckpt, "--images", photos["root"], "--out", out,
+                           "--workers", "0")
+        assert code == 2 and "another `tbps index` is updating this index" in error_of(err, "index")
+        assert open_index(out, check_hashes=True).count == len(photos["images"])
+    finally:
+        holder.kill()
+        holder.wait()
+    code, printed, err = cli(capsys, "index", "--checkpoint", ckpt, "--images", photos["root"], "--out", out,
+                             "--workers", "0")
+    assert code == 0 and f"up to date ({len(photos['images'])} images)" in printed, err
 
 
 def test_index_refuses_a_folder_that_is_not_an_index(photos, ckpt, tmp_path, capsys):

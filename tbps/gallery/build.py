@@ -12,7 +12,8 @@ What is embedded again when an index is updated (same ``--out``, same model):
 Interruption: every embedded batch is written to ``partial/`` (embeddings first, then the rows
 naming them, each atomically) before the next batch starts; a rerun takes them over (counted as
 **resumed**), so a kill loses at most one batch. ``index.json`` is replaced only once the new
-generation's files are complete (:mod:`tbps.gallery.layout`).
+generation's files are complete (:mod:`tbps.gallery.layout`). One run per ``--out`` at a time: a
+second is refused while the first holds the folder (:func:`tbps.gallery.layout.updating`).
 """
 
 from __future__ import annotations
@@ -255,12 +256,16 @@ def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size:
     """Create or update the index ``out`` for the images of ``images`` (see the module docstring)."""
     out = Path(out)
     layout.check_out_folder(out)
+    with layout.updating(out):
+        return _build_index(images, out, model, batch_size=batch_size, num_workers=num_workers)
+
+
+def _build_index(images: str, out: Path, model: SearchModel, *, batch_size: int, num_workers: int) -> BuildReport:
     old = layout.open_index(out, check_hashes=True) if layout.is_index(out) else None
     if old is not None and not same_model(old.model, model.identity):
         raise model_mismatch(out, old.model, model.identity,
                              "update it with that same model, or write this model's index to another --out folder")
     scan = scan_images(images, exclude=out)
-    out.mkdir(parents=True, exist_ok=True)
     prior = _Prior()
     if old is not None:
         prior.add(old.entries, old.embeddings, "kept")

@@ -32,10 +32,12 @@ sha256 of a 1 GB array on every query); ``tbps index`` checks the sha256 of the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,33 @@ def check_out_folder(folder: Path) -> None:
     if folder.is_dir() and not is_index(folder) and not (folder / PARTIAL).is_dir() and any(folder.iterdir()):
         raise UserInputError(f"--out {folder}: a folder that is not a gallery index (no {INDEX_FILE}) and not empty; "
                              "its files are left alone. Fix: name a new folder, e.g. gallery.index")
+
+
+@contextlib.contextmanager
+def updating(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` (created if missing) for one ``tbps index`` at a time.
+
+    Two runs on one ``--out`` would write the same ``partial/`` chunk names and each remove the
+    other's generation. The lock is the kernel's (flock on the folder), so a killed run never leaves
+    it held; a folder this call created and that is still empty on the way out is removed again.
+    """
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(
+                f"--out {folder}: another `tbps index` is updating this index right now. Fix: wait for it to "
+                "finish and rerun (a rerun reuses everything already embedded), or write to another --out folder"
+            ) from None
+        yield
+    finally:
+        os.close(handle)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when nothing was written
 
 
 def _file_problem(path: Path, expected: dict[str, Any], check_hashes: bool) -> str | None:
