@@ -7,13 +7,13 @@ so the ``peak_bytes()`` read afterwards belongs to the work in between and not t
 from __future__ import annotations
 
 
-def status_kib(field: str) -> int:
-    """One ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``, ...)."""
-    with open("/proc/self/status") as status:
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """One ``kB`` field of /proc/<pid>/status (``VmRSS``, ``VmHWM``, ``RssAnon``, ...); this process by default."""
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 def reset_peak() -> int:

@@ -33,7 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -44,8 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import rss  # benchmarks/rss.py, beside this script
 import torch
 
+from tbps.fileio import write_json_atomic
 from tbps.gallery import layout
 from tbps.gallery.build import build_index
 from tbps.gallery.encoder import SearchModel, load_checkpoint_model
@@ -63,25 +64,14 @@ QUERIES = [
 TOP = 20
 
 
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def wait_for_load(limit: float | None, patience_s: float = 3600) -> None:
     """Wait (at most ``patience_s``) until the 1-minute load average is below ``limit``."""
     if limit is None:
         return
     deadline = time.time() + patience_s
-    while float(load_average().split()[0]) >= limit and time.time() < deadline:
+    while os.getloadavg()[0] >= limit and time.time() < deadline:
         time.sleep(15)
-    print(f"load average now: {load_average()}", flush=True)
-
-
-def machine() -> str:
-    with open("/proc/meminfo") as meminfo:
-        total_kib = int(meminfo.readline().split()[1])
-    return (f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs (torch threads "
-            f"{torch.get_num_threads()}), RAM {total_kib / 2**20:.1f} GiB, {platform.machine()}")
+    print(f"load average now: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
 
 
 def tiny_checkpoint(path: Path) -> Path:
@@ -103,9 +93,7 @@ def vit_model() -> SearchModel:
     from tbps.model import build_model
 
     bundle = build_model(ModelConfig(name="ViT-B-16", pretrained=None), with_simclr_head=False)
-    identity = {"kind": "open_clip", "name": "ViT-B-16", "weights": "random", "weights_sha256": "random",
-                "image_size": [224, 224], "normalisation": "clip", "max_words": 77, "embed_dim": 512}
-    return SearchModel(bundle.model.eval(), bundle.tokenizer, torch.device("cpu"), identity)
+    return SearchModel(bundle.model.eval(), bundle.tokenizer, torch.device("cpu"), vit_model_identity())
 
 
 def photo_folder(work: Path, images: int) -> Path:
@@ -116,10 +104,6 @@ def photo_folder(work: Path, images: int) -> Path:
         # ~5 images per identity (train) plus the generator's val/test identities.
         generate_dataset("cuhk-pedes", raw, ids=max(2, images // 5), seed=0, overwrite=True)
     return raw / "imgs"
-
-
-def count_images(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
 
 
 def part_build(args, work: Path) -> dict:
@@ -156,8 +140,8 @@ def part_build(args, work: Path) -> dict:
         subset = work / "vit-subset"
         shutil.rmtree(subset, ignore_errors=True)
         subset.mkdir()
-        for src in sorted(folder.rglob("*.jpg"))[:args.vit_images]:
-            shutil.copy(src, subset / f"{len(list(subset.iterdir()))}.jpg")
+        for i, src in enumerate(sorted(folder.rglob("*.jpg"))[:args.vit_images]):
+            shutil.copy(src, subset / f"{i}.jpg")
         vit_out = work / "vit.index"
         shutil.rmtree(vit_out, ignore_errors=True)
         vit = build_index(str(subset), vit_out, vit_model(), batch_size=32, num_workers=args.workers)
@@ -253,25 +237,18 @@ def rank_worker(folder: str) -> None:
     print(json.dumps({"rank_ms": round(1000 * (time.perf_counter() - started), 1)}), flush=True)
 
 
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def part_memory(args, work: Path) -> dict:
     folder = synthetic_index(work, max(args.sizes))
     process = subprocess.Popen([sys.executable, __file__, "--rank-worker", str(folder)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
-    base_anon, peaks, done = _status_kib(process.pid, "RssAnon"), {"RssAnon": 0, "RssFile": 0}, threading.Event()
+    base_anon, peaks, done = rss.status_kib("RssAnon", process.pid), {"RssAnon": 0, "RssFile": 0}, threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             try:
                 for field in peaks:
-                    peaks[field] = max(peaks[field], _status_kib(process.pid, field))
+                    peaks[field] = max(peaks[field], rss.status_kib(field, process.pid))
             except (FileNotFoundError, ProcessLookupError):
                 return
             time.sleep(0.005)
@@ -308,9 +285,13 @@ def main() -> None:
     parser.add_argument("--wait-load", type=float, default=None, metavar="L",
                         help="before each part, wait (up to an hour) for a 1-minute load average below L")
     args = parser.parse_args()
+    # Here, not at the top: the rank worker (this file in a subprocess) measures its own memory.
+    from train import load_average, machine_info  # benchmarks/train.py: the shared measuring helpers
+
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}\nload average before: {load_average()}", flush=True)
-    result = {"machine": machine(), "load_before": load_average(), "args": {k: str(v) for k, v in vars(args).items()}}
+    machine = machine_info(torch.device("cpu"))
+    print(f"machine: {machine}\nload average before: {load_average()}", flush=True)
+    result = {"machine": machine, "load_before": load_average(), "args": {k: str(v) for k, v in vars(args).items()}}
     parts = {"build": part_build, "latency": part_latency, "memory": part_memory}
     for name, part in parts.items():
         if name in args.parts:
@@ -319,8 +300,7 @@ def main() -> None:
             result[f"load_after_{name}"] = load_average()
     result["load_after"] = load_average()
     print(f"load average after: {result['load_after']}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out, result)
 
 
 if __name__ == "__main__":

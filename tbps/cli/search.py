@@ -94,17 +94,15 @@ def _search_manifest(args, queries, index_folder: Path) -> None:
 
 def _search(args, queries) -> None:
     from tbps.device import resolve_device
-    from tbps.gallery.build import model_mismatch
-    from tbps.gallery.encoder import load_search_model, same_model
+    from tbps.gallery.encoder import load_search_model, require_same_model
     from tbps.gallery.layout import open_index
 
     index = open_index(args.index)
     model = load_search_model(resolve_device(args.device), checkpoint=args.checkpoint, model_name=args.model_name,
                               pretrained=args.pretrained, recorded=index.model, index_folder=index.folder)
-    if not same_model(index.model, model.identity):
-        raise model_mismatch(index.folder, index.model, model.identity,
-                             "search it without --checkpoint/--model (the index's own model is the default), or "
-                             "index the images with this model first: tbps index ... --out NEW_INDEX")
+    require_same_model(index.folder, index.model, model.identity,
+                       "search it without --checkpoint/--model (the index's own model is the default), or "
+                       "index the images with this model first: tbps index ... --out NEW_INDEX")
     _answer(args, index, model, queries)
 
 

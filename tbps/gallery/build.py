@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tbps.errors import UserInputError
 from tbps.fileio import atomic_path, write_json_atomic, write_parquet_atomic
 from tbps.gallery import layout
-from tbps.gallery.encoder import SearchModel, as_float16, describe, same_model
+from tbps.gallery.encoder import SearchModel, as_float16, require_same_model, same_model
 from tbps.gallery.images import (
     MISSING,
     UNDECODABLE,
@@ -243,14 +243,6 @@ def _entry(item: ImageItem, sha256: str, size: int, width: int, height: int) -> 
             "offset": item.offset}
 
 
-def model_mismatch(folder: Path, indexed: dict[str, Any], given: dict[str, Any], fix: str) -> UserInputError:
-    differs = [k for k in ("name", "weights_sha256", "image_size", "normalisation", "embed_dim")
-               if indexed.get(k) != given.get(k)]
-    return UserInputError(
-        f"{folder}: the index was built with {describe(indexed)}, not with {describe(given)} (they differ in "
-        f"{', '.join(differs)}); embeddings of one model mean nothing to another. Fix: {fix}")
-
-
 def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size: int = 64,
                 num_workers: int = 2) -> BuildReport:
     """Create or update the index ``out`` for the images of ``images`` (see the module docstring)."""
@@ -262,9 +254,9 @@ def build_index(images: str, out: str | Path, model: SearchModel, *, batch_size:
 
 def _build_index(images: str, out: Path, model: SearchModel, *, batch_size: int, num_workers: int) -> BuildReport:
     old = layout.open_index(out, check_hashes=True) if layout.is_index(out) else None
-    if old is not None and not same_model(old.model, model.identity):
-        raise model_mismatch(out, old.model, model.identity,
-                             "update it with that same model, or write this model's index to another --out folder")
+    if old is not None:
+        require_same_model(out, old.model, model.identity,
+                           "update it with that same model, or write this model's index to another --out folder")
     scan = scan_images(images, exclude=out)
     prior = _Prior()
     if old is not None:

@@ -30,6 +30,7 @@ from tbps.data.captions import clean_caption
 from tbps.data.transforms import eval_transform
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file
+from tbps.gallery.layout import locate
 
 CHECKPOINT, OPEN_CLIP = "checkpoint", "open_clip"
 ZERO_SHOT_NORMALISATION = "clip"
@@ -88,6 +89,15 @@ def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def require_same_model(folder: Path, indexed: dict[str, Any], given: dict[str, Any], fix: str) -> None:
+    """Refuse ``given`` for the index in ``folder`` unless it is the model ``indexed`` (what :data:`COMPARED`)."""
+    differs = [k for k in COMPARED if _plain(indexed.get(k)) != _plain(given.get(k))]
+    if differs:
+        raise UserInputError(
+            f"{folder}: the index was built with {describe(indexed)}, not with {describe(given)} (they differ in "
+            f"{', '.join(differs)}); embeddings of one model mean nothing to another. Fix: {fix}")
 
 
 def weights_fingerprint(path: Path, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -170,9 +180,8 @@ def load_search_model(device: torch.device, *, checkpoint: str | os.PathLike | N
         raise UserInputError("no model given. Fix: pass --checkpoint final.pt (of `tbps train`) or --model NAME "
                              "[--pretrained TAG_OR_FILE] for plain open_clip weights")
     weights = recorded["weights"]
-    relative = recorded.get("relative_weights")
-    if index_folder is not None and relative is not None and (index_folder / relative).is_file():
-        weights = str(index_folder / relative)
+    if index_folder is not None:
+        weights = str(locate(index_folder, recorded.get("relative_weights"), weights))
     if recorded["kind"] == CHECKPOINT:
         if not Path(weights).is_file():
             raise UserInputError(f"the index was built with the checkpoint {weights}, which is not there any more. "
