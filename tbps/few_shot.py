@@ -16,15 +16,14 @@ from pathlib import Path
 
 import polars as pl
 
-from tbps.collect import load_test_t2i_row
+from tbps.collect import METRICS, load_test_t2i_row
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import write_parquet_atomic
-from tbps.model.checkpoint_load import read_tbps_checkpoint
+from tbps.model.checkpoint_load import require_tbps_checkpoint
 from tbps.published import FEW_SHOT_METHODS, few_shot_published
 
 log = logging.getLogger(__name__)
 
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 PAPER_METRICS = ("R1", "R5", "R10", "mAP")
 PEFT_OF_METHOD = {"coop": "coop", "clip_adapter": "clip_adapter"}
 """The ``model.peft`` a method's run must have ('none' for the others)."""
@@ -43,9 +42,7 @@ FEW_SHOT_SCHEMA = {
 
 
 def _checkpoint_facts(path: Path, method: str) -> dict:
-    state = read_tbps_checkpoint(path)
-    if state is None:
-        raise input_error(path, "not a checkpoint written by `tbps train`", "pass the run's train/final.pt")
+    state = require_tbps_checkpoint(path)
     subset = state.get("few_shot")
     if not subset:
         raise input_error(path, "not a few-shot run (no few-shot subset recorded; data.few_shot_fraction is 1 or "

@@ -225,6 +225,14 @@ def read_tbps_checkpoint(path: Path) -> dict | None:
     return None
 
 
+def require_tbps_checkpoint(path: Path) -> dict:
+    """:func:`read_tbps_checkpoint` for the tables and probes that need a run's own ``final.pt``."""
+    state = read_tbps_checkpoint(path)
+    if state is None:
+        raise input_error(path, "not a checkpoint written by `tbps train`", "pass the run's train/final.pt")
+    return state
+
+
 def clip_weights_of_checkpoint(state: dict, model_name: str, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The CLIP tensors of a ``tbps train`` checkpoint (``clip.`` stripped) and the head keys left out."""
     saved = state["config"].get("model", {})

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import polars as pl
 
-from tbps.collect import load_test_t2i_row
+from tbps.collect import METRICS, load_test_t2i_row
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import write_parquet_atomic
-from tbps.model.checkpoint_load import read_tbps_checkpoint
+from tbps.model.checkpoint_load import require_tbps_checkpoint
 from tbps.published import COMPRESSION_PRESETS, compression_row
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ MODES = ("none", "freeze", "drop")
 _RUN = re.compile(r"^(?P<preset>.+?)-(?P<mode>freeze|drop)(?P<x>\d+)$")
 _TEXT_BLOCK = re.compile(r"^clip\.transformer\.resblocks\.(\d+)\.")
 PAPER_MODEL = "ViT-B-16"
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 COMPRESSION_SCHEMA = {
     "dataset": pl.String, "preset": pl.String, "run": pl.String, "mode": pl.String, "x": pl.Int64,
@@ -57,9 +56,7 @@ def paper_trainable_millions(model: str, preset: str, x: int) -> float | None:
 
 
 def _checkpoint_facts(path: Path) -> dict:
-    state = read_tbps_checkpoint(path)
-    if state is None:
-        raise input_error(path, "not a checkpoint written by `tbps train`", "pass the run's train/final.pt")
+    state = require_tbps_checkpoint(path)
     if "trainable_parameters" not in state:
         raise input_error(path, "it does not record its trainable parameters (written by an older tbps)",
                           "retrain the run")

@@ -251,16 +251,14 @@ def probe_importance(checkpoint_path: Path, manifest: Path, out: Path, *, summar
                      device: str = "auto", num_workers: int = 2, batch_size: int | None = None) -> pl.DataFrame:
     """Measure C¹ and C² of every module of a trained model; write the table (and a timing summary)."""
     from tbps.model import load_trained_model
-    from tbps.model.checkpoint_load import read_tbps_checkpoint
+    from tbps.model.checkpoint_load import require_tbps_checkpoint
 
     started = time.perf_counter()
     dev = resolve_device(device)
     grid = alpha_grid(alpha_step)
     if not epsilon > 0:
         raise UserInputError(f"--epsilon {epsilon}: must be > 0 (R@1 points). Fix: use 3 (the paper's)")
-    saved = read_tbps_checkpoint(Path(checkpoint_path))
-    if saved is None:
-        raise UserInputError(f"{checkpoint_path}: not a checkpoint written by `tbps train`. Fix: pass its final.pt")
+    saved = require_tbps_checkpoint(Path(checkpoint_path))
     if saved["config"]["model"].get("drop_text_layers"):
         raise UserInputError(
             f"{checkpoint_path}: text layers {saved['config']['model']['drop_text_layers']} of this model were "
