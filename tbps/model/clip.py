@@ -59,6 +59,11 @@ class SimCLRHead(nn.Sequential):
         super().__init__(nn.Linear(embed_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, embed_dim))
 
 
+def embed_dim(clip: CLIP) -> int:
+    """The width of the joint embedding space (what both towers project to)."""
+    return int(clip.text_projection.shape[1])
+
+
 class TBPSModel(nn.Module):
     """An open_clip ``CLIP`` (``self.clip``) plus the optional SimCLR heads; all outputs L2-normalised."""
 
@@ -87,7 +92,7 @@ class TBPSModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return int(self.clip.text_projection.shape[1])
+        return embed_dim(self.clip)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -230,13 +235,11 @@ def text_layer_plan(cfg: ModelConfig, clip: CLIP) -> TextLayerPlan:
     return TextLayerPlan.checked(text_depth(clip), cfg.freeze_text_layers, cfg.drop_text_layers)
 
 
-def trainable_selection(cfg: ModelConfig, plan: TextLayerPlan, *, only: tuple[str, ...] = ()) -> TrainableSelection:
-    """What a run of ``cfg`` trains: everything but the frozen patch embedding and frozen text layers.
-
-    ``only`` is for parameter-efficient methods: the prefixes of their own modules (the only
-    parameters they train).
-    """
+def trainable_selection(cfg: ModelConfig, plan: TextLayerPlan) -> TrainableSelection:
+    """What a run of ``cfg`` trains: everything but the frozen patch embedding and frozen text layers; with a
+    parameter-efficient method (``cfg.peft``) only that method's own module."""
     frozen = ("clip.visual.conv1.",) if cfg.freeze_patch_embed else ()
+    only = (PEFT_MODULES[cfg.peft],) if cfg.peft != "none" else ()
     return TrainableSelection(frozen=frozen + plan.frozen_prefixes(), only=only)
 
 
@@ -247,18 +250,16 @@ def peft_modules(cfg: ModelConfig, clip: CLIP) -> dict[str, nn.Module]:
         tokenizer = open_clip.get_tokenizer(cfg.name)
         return {"prompt_context": PromptContext.from_words(clip, tokenizer, cfg.coop_context_init)}
     if cfg.peft == "clip_adapter":
-        return {"image_adapter": ImageAdapter(int(clip.text_projection.shape[1]), cfg.adapter_reduction,
+        return {"image_adapter": ImageAdapter(embed_dim(clip), cfg.adapter_reduction,
                                               cfg.adapter_alpha)}
     return {}
 
 
 def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *, with_simclr_head: bool,
-                   with_text_simclr_head: bool = False,
-                   only: tuple[str, ...] = ()) -> tuple[TBPSModel, ParameterCount]:
+                   with_text_simclr_head: bool = False) -> tuple[TBPSModel, ParameterCount]:
     """The TBPSModel around a loaded ``clip``: text layers dropped, text attention dropout set, the
     SimCLR heads added (image: SS-I, text: SS-T), the parameter-efficient method's module added
-    (``cfg.peft``) and the trainable parameters selected (``only``: see :func:`trainable_selection`;
-    with ``cfg.peft`` only the method's module trains)."""
+    (``cfg.peft``) and the trainable parameters selected (:func:`trainable_selection`)."""
     if cfg.peft != "none" and (with_simclr_head or with_text_simclr_head):
         raise UserInputError(
             f"model.peft={cfg.peft!r} keeps the backbone frozen and trains only its own module, so a SimCLR head "
@@ -270,9 +271,7 @@ def assemble_model(clip: CLIP, cfg: ModelConfig, plan: TextLayerPlan, *, with_si
                       simclr_hidden=cfg.simclr_head_dim if with_simclr_head else None,
                       text_simclr_hidden=cfg.simclr_head_dim if with_text_simclr_head else None,
                       **peft_modules(cfg, clip))
-    if cfg.peft != "none":
-        only = (*only, PEFT_MODULES[cfg.peft])
-    return model, apply_selection(model, trainable_selection(cfg, plan, only=only))
+    return model, apply_selection(model, trainable_selection(cfg, plan))
 
 
 def build_model(cfg: ModelConfig, *, with_simclr_head: bool, with_text_simclr_head: bool = False) -> BuiltModel:
