@@ -11,7 +11,6 @@ per-epoch validation and the GPU check run) need only torch and numpy.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,10 +75,8 @@ def encode_split(model, tokenizer, manifest: Path, *, image_size, normalisation:
         raise UserInputError(f"eval precision {precision!r}: unknown. Fix: use one of {', '.join(EVAL_PRECISIONS)}")
     amp_dtype = EVAL_PRECISIONS[precision]
 
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
+    def autocast():  # as training's encode does (tbps.train.make_encode)
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     model.eval()
     manifest = Path(manifest)

@@ -24,8 +24,6 @@ from torch import Tensor, nn
 
 from tbps.errors import UserInputError
 
-PEFT_METHODS = ("none", "coop", "clip_adapter")
-"""Values of ``model.peft``."""
 PEFT_MODULES = {"coop": "prompt_context.", "clip_adapter": "image_adapter."}
 """Name prefix (in a TBPSModel) of each method's module: the only parameters the method trains."""
 

@@ -24,12 +24,12 @@ import polars as pl
 from tbps.errors import UserInputError, input_error
 from tbps.fileio import sha256_file, write_json_atomic
 from tbps.shards.image_table import image_table, join_augmented, read_annotations
-from tbps.shards.layout import DEFAULT_MAX_SAMPLES, load_plan, plan_samples_path, shard_name
+from tbps.shards.layout import DEFAULT_MAX_SAMPLES, plan_samples_path, shard_name
 from tbps.shards.plan_samples import sample_json, write_plan_samples
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_SAMPLES", "estimate_sample_bytes", "load_plan", "plan_shards"]
+__all__ = ["DEFAULT_MAX_SAMPLES", "estimate_sample_bytes", "plan_shards"]
 
 _TAR_BLOCK = 512
 
