@@ -36,6 +36,7 @@ from tbps.data.transforms import (
     TrainTransform,
     _generator,
     _resized_image,
+    _view_seed,
 )
 
 DEVICE_OPS = ("resized_crop", "erasing", "grayscale", "color_jitter", "hflip", "vflip", "gaussian_blur",
@@ -160,7 +161,7 @@ def _op_slot(name: str, op: v2.Transform, draw: _Replay, size: tuple[int, int]) 
 
 def _view_generator(gen: torch.Generator, view_gen: torch.Generator) -> _Replay:
     """Seed ``view_gen`` as the CPU path seeds the global generator for one view (tbps.data.transforms)."""
-    view_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    view_gen.manual_seed(_view_seed(gen))
     return _Replay(view_gen)
 
 
@@ -218,10 +219,10 @@ class ViewDraws:
         top, left, box_h, box_w = draw.crop_box(crop, height0, width0)
         slots = [_slot("resized_crop", [top * h / height0, left * w / width0, box_h * h / height0, box_w * w / width0])]
         slots.append(_slot("color_jitter", draw.jitter(jitter.transforms[0])) if draw.coin(jitter.p) else _slot(None))
-        slots.append(_slot("grayscale") if draw.coin(gray.p) else _slot(None))
+        slots.append(_op_slot("grayscale", gray, draw, self.size))
         radius = blur.transforms[0].sigma
         slots.append(_slot("radius_blur", [draw.uniform(*radius)]) if draw.coin(blur.p) else _slot(None))
-        slots.append(_slot("hflip") if draw.coin(flip.p) else _slot(None))
+        slots.append(_op_slot("hflip", flip, draw, self.size))
         return slots
 
     def __call__(self, image: Image.Image, rng: RandomSource) -> dict:

@@ -63,10 +63,15 @@ def _generator(rng: RandomSource) -> torch.Generator:
     return torch.Generator().manual_seed(rng)
 
 
+def _view_seed(gen: torch.Generator) -> int:
+    """The seed one view's samplers run from, drawn from ``gen`` (the device path replays the same draw)."""
+    return int(torch.randint(0, 2**62, (1,), generator=gen))
+
+
 @contextmanager
 def _seeded_global_rng(gen: torch.Generator) -> Iterator[None]:
     """Run torchvision's samplers on torch's global CPU generator, seeded from ``gen``, then restore it."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    seed = _view_seed(gen)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         yield
