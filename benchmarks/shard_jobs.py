@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import rss  # benchmarks/rss.py, beside this script
+
 SPLITS = (("train", 34054, 11003), ("val", 3078, 1000), ("test", 3074, 1000))
 """CUHK-PEDES: images and identities per split."""
 
@@ -90,19 +92,6 @@ def build_tables(root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     return raw, annotations, augmented
 
 
-def measured(command: list[str]) -> dict:
-    """Run ``command``; wall time, CPU time and peak RSS from wait4."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr.decode()[-3000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "max_rss_mib": usage.ru_maxrss / 1024}
-
-
 def cli_version() -> str:
     help_text = subprocess.run([sys.executable, "-m", "tbps", "shards", "write", "--help"], capture_output=True,
                                text=True, check=True).stdout
@@ -152,7 +141,7 @@ def main() -> None:
                     "--out", str(plan), "--max-samples", str(args.max_samples)]
         if version == "the plan carries the rows":
             plan_cmd += ["--augmented", str(augmented)]
-        plan_job = measured(plan_cmd)
+        plan_job = rss.measured_child(plan_cmd)
         shards = json.loads(plan.read_text())["shards"]
         jobs = []
         for index, entry in enumerate(shards[: args.jobs]):
@@ -160,7 +149,7 @@ def main() -> None:
                    "--out", str(out / entry["name"])]
             if version == "each job reads the tables":
                 cmd += ["--captions", str(annotations), "--augmented", str(augmented)]
-            jobs.append(measured(cmd))
+            jobs.append(rss.measured_child(cmd))
         rows = [rows_seconds(plan, i, annotations, raw, augmented) for i in range(min(args.jobs, len(shards)))]
         tar_bytes = [(out / e["name"]).stat().st_size for e in shards[: args.jobs]]
         plan_files = {p.name: p.stat().st_size for p in out.iterdir() if p.name.startswith("plan")}

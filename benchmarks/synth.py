@@ -17,8 +17,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import rss  # benchmarks/rss.py, beside this script
 
 
 def run_synth(ids: int, out: Path, code: Path | None) -> dict:
@@ -27,18 +28,10 @@ def run_synth(ids: int, out: Path, code: Path | None) -> dict:
         env["PYTHONPATH"] = str(code)
     command = [sys.executable, "-m", "tbps", "synth", "--format", "cuhk-pedes", "--out", str(out),
                "--ids", str(ids), "--seed", "0"]
-    start = time.perf_counter()
     # Run outside the checkout: ``python -m`` puts the working directory first on sys.path.
-    process = subprocess.Popen(command, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"tbps synth --ids {ids} failed:\n{stderr[-2000:]}")
+    run = rss.measured_child(command, env=env, cwd=out.parent)
     images = sum(1 for p in out.rglob("*") if p.suffix in (".jpg", ".png"))
-    return {"ids": ids, "images": images, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mib": usage.ru_maxrss / 1024}
+    return {"ids": ids, "images": images, "wall_s": run["wall"], "cpu_s": run["cpu"], "peak_rss_mib": run["max_rss_mib"]}
 
 
 def main() -> None:
