@@ -24,15 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
 
 import rss  # benchmarks/rss.py, beside this script
 import torch
+from train import machine_info  # benchmarks/train.py: the shared measuring helpers
 
+from tbps.fileio import write_json_atomic
 from tbps.metrics import retrieval_metrics
 
 DIM = 512
@@ -137,19 +137,6 @@ def run_method(args: argparse.Namespace, method: str, size: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def machine_info(device: str) -> str:
-    with open("/proc/meminfo") as meminfo:
-        total_kib = int(meminfo.readline().split()[1])
-    info = (
-        f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs "
-        f"(torch threads {torch.get_num_threads()}), RAM {total_kib / 2**20:.1f} GiB, "
-        f"{platform.processor() or platform.machine()}"
-    )
-    if device == "cuda":
-        info += f", GPU {torch.cuda.get_device_name()}"
-    return info
-
-
 def agree(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in a if k.startswith("R")) and all(
         abs(a[k] - b[k]) <= 1e-9 for k in ("mAP", "mINP")
@@ -184,7 +171,8 @@ def main() -> None:
         run_worker(args)
         return
 
-    print(machine_info(args.device))
+    machine = machine_info(torch.device(args.device))
+    print(machine)
     print(f"similarity float32 on {args.device}, {args.ids} ids, dim {DIM}, query_chunk {args.query_chunk}")
     methods = [m for m in args.methods.split(",") if m]
     sizes = [args.size] + ([args.baseline_size] if args.baseline_size else [])
@@ -193,9 +181,7 @@ def main() -> None:
         for method in methods:
             rows.append(run_method(args, method, size))
             if args.out:  # after every method: a time cap keeps what was measured
-                from tbps.fileio import write_json_atomic
-
-                write_json_atomic(args.out, {"machine": machine_info(args.device), "torch_version": torch.__version__,
+                write_json_atomic(args.out, {"machine": machine, "torch_version": torch.__version__,
                                              "device": args.device, "query_chunk": args.query_chunk, "rows": rows})
 
     header = f"{'method':<13} {'size':>6} {'seconds':>8} {'peak +MiB':>10}  R1 / R5 / R10 / mAP / mINP"

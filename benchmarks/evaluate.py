@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ import numpy as np
 import polars as pl
 import rss  # benchmarks/rss.py, beside this script
 import torch
+from train import machine_info  # benchmarks/train.py: the shared measuring helpers
 
 from tbps.evaluate import Encoded, retrieval_examples, score
 from tbps.fileio import write_json_atomic
@@ -142,12 +142,6 @@ def _meminfo_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/meminfo")
 
 
-def machine_info() -> str:
-    return (f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs "
-            f"(torch threads {torch.get_num_threads()}), RAM {_meminfo_bytes('MemTotal') / 2**30:.1f} GiB, "
-            f"{platform.processor() or platform.machine()}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=19848, help="captions = images (default: ICFG test, 19848)")
@@ -166,7 +160,8 @@ def main() -> None:
         run_worker(args)
         return
 
-    print(machine_info())
+    machine = machine_info(torch.device("cpu"))
+    print(machine)
     print(f"load average before: {os.getloadavg()}")
     print(f"{args.size} captions x {args.size} images, {args.ids} ids, dim {DIM}, query_chunk {args.query_chunk}")
     rows = []
@@ -200,7 +195,7 @@ def main() -> None:
               f"{'identical' if same_examples else 'DIFFERENT'}")
     out = args.out or OUT / f"evaluate-{args.size}.json"
     # --out is a Path: the recorded arguments must stay JSON.
-    write_json_atomic(out, {"machine": machine_info(), "args": {**vars(args), "out": str(out)}, "rows": rows})
+    write_json_atomic(out, {"machine": machine, "args": {**vars(args), "out": str(out)}, "rows": rows})
 
 
 if __name__ == "__main__":
