@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from tbps import checkpoint
 from tbps.config import load_experiment, parse_dotted
 from tbps.fileio import write_json_atomic
+from tbps.train import RunCheckpoints, RunState, TrainPaths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import build_rig, machine_info, run_step, select_device, synthetic_batch  # noqa: E402
@@ -91,18 +91,17 @@ def check_resume(cfg, device, batch_size: int, chunk: int) -> dict:
     batch = synthetic_batch(rig, batch_size)
     run_step(rig, batch, chunk)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "last.pt"
-        checkpoint.save(path, {"model": rig.model.state_dict(), "optimizer": rig.optimizer.state_dict(),
-                               "scaler": rig.scaler.state_dict(), "rng": checkpoint.rng_state(device)})
+        # The trainer's own save and restore (tbps.train.RunCheckpoints), so the check covers what it writes.
+        def checkpoints(r):
+            return RunCheckpoints(TrainPaths(Path(tmp)), r.cfg, r.model, r.optimizer, r.scaler, device,
+                                  is_main=True, train_data_sha256="exactness")
+
+        checkpoints(rig).save_resumable(RunState())
         del rig
         resumed = build_rig(cfg, device)  # reseeds: a fresh process would start from the same seed
         # Scramble the random streams, so only the checkpoint's can make the result equal.
         torch.manual_seed(98765)
-        state = checkpoint.load(path, map_location=device)
-        resumed.model.load_state_dict(state["model"])
-        resumed.optimizer.load_state_dict(state["optimizer"])
-        resumed.scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"], device)
+        checkpoints(resumed).restore()
     run_step(resumed, batch, chunk)
     return {"batch": batch_size, "chunk": chunk, "resumed_vs_uninterrupted": difference(_weights(resumed), first),
             "uninterrupted_vs_uninterrupted": difference(second, first)}
