@@ -139,13 +139,26 @@ def importance_table(dataset):
     return f"results/{dataset}/{settings['importance_experiment']}/probe/importance.parquet"
 
 
+def run_metrics(dataset, run):
+    """A run's test metrics (rule evaluate)."""
+    return f"results/{dataset}/{run}/eval/test.parquet"
+
+
+def run_checkpoint(dataset, run):
+    """A run's final weights (rule train)."""
+    return f"results/{dataset}/{run}/train/final.pt"
+
+
+def few_shot_run(experiment, fraction):
+    """The run of `experiment` trained on `fraction` of the training images: `<experiment>-fs<F>`."""
+    return f"{experiment}{FEW_SHOT_SUFFIX}{fraction:g}"
+
+
 def trained_runs(dataset):
     """The dataset's experiments plus a few-shot run of each per extras.few_shot_fractions."""
     experiments = DATASETS[dataset]["experiments"]
     fractions = config["extras"]["few_shot_fractions"]
-    return experiments + [
-        f"{e}{FEW_SHOT_SUFFIX}{f:g}" for e in experiments for f in fractions
-    ]
+    return experiments + [few_shot_run(e, f) for e in experiments for f in fractions]
 
 
 def zero_shot_experiment(dataset):
@@ -500,8 +513,7 @@ def get_examples_title(wildcards):
 
 def get_run_metrics(wildcards):
     return [
-        f"results/{wildcards.dataset}/{run}/eval/test.parquet"
-        for run in evaluated_runs(wildcards.dataset)
+        run_metrics(wildcards.dataset, run) for run in evaluated_runs(wildcards.dataset)
     ]
 
 
@@ -619,14 +631,13 @@ def get_compression_runs(wildcards):
 
 def get_compression_metrics(wildcards):
     return [
-        f"results/{wildcards.dataset}/{run}/eval/test.parquet"
-        for run in get_compression_runs(wildcards)
+        run_metrics(wildcards.dataset, run) for run in get_compression_runs(wildcards)
     ]
 
 
 def get_compression_checkpoints(wildcards):
     return [
-        f"results/{wildcards.dataset}/{run}/train/final.pt"
+        run_checkpoint(wildcards.dataset, run)
         for run in get_compression_runs(wildcards)
     ]
 
@@ -656,7 +667,7 @@ def few_shot_runs(wildcards):
     """(method, run) of every method at every fraction: `<experiment>-fs<F>`, fraction by fraction."""
     settings = get_few_shot(wildcards)
     return [
-        (method, f"{experiment}{FEW_SHOT_SUFFIX}{fraction:g}")
+        (method, few_shot_run(experiment, fraction))
         for fraction in settings["fractions"]
         for method, experiment in settings["methods"].items()
     ]
@@ -667,16 +678,12 @@ def get_few_shot_methods(wildcards):
 
 
 def get_few_shot_metrics(wildcards):
-    return [
-        f"results/{wildcards.dataset}/{run}/eval/test.parquet"
-        for _, run in few_shot_runs(wildcards)
-    ]
+    return [run_metrics(wildcards.dataset, run) for _, run in few_shot_runs(wildcards)]
 
 
 def get_few_shot_checkpoints(wildcards):
     return [
-        f"results/{wildcards.dataset}/{run}/train/final.pt"
-        for _, run in few_shot_runs(wildcards)
+        run_checkpoint(wildcards.dataset, run) for _, run in few_shot_runs(wildcards)
     ]
 
 
@@ -685,10 +692,6 @@ def get_few_shot_checkpoints(wildcards):
 
 def get_study_file(wildcards):
     return config["study"]["file"]
-
-
-def study_metrics_file(dataset, run):
-    return f"results/{dataset}/{run}/eval/test.parquet"
 
 
 def get_study_table_metrics(wildcards):
@@ -701,7 +704,7 @@ def get_study_table_metrics(wildcards):
         )
         sys.exit(1)
     return [
-        study_metrics_file(wildcards.dataset, run)
+        run_metrics(wildcards.dataset, run)
         for run in plan.table_runs([wildcards.table])
     ]
 
@@ -709,7 +712,7 @@ def get_study_table_metrics(wildcards):
 def get_study_metrics(wildcards):
     """Test metrics of every run of the study: one train and one evaluate per distinct experiment."""
     return [
-        study_metrics_file(wildcards.dataset, run)
+        run_metrics(wildcards.dataset, run)
         for run in study_plan(wildcards.dataset).table_runs()
     ]
 

@@ -7,6 +7,21 @@
 # common.smk). Rows that resolve to the same configuration share one run, so each distinct
 # experiment trains once however many tables list it. README, "The paper's study".
 
+# How the study stands in for the paper's setup on a dataset (`tbps study collect` resolves every row
+# with them, as the train rule's overrides were resolved): the same for the three table rules.
+STUDY_SETTINGS_PARAMS = dict(
+    experiments_dir=config["experiments_dir"],
+    backbones=get_study_backbones,
+    schedule=get_study_schedule,
+    batch_scale=get_study_batch_scale,
+    augment_backend=get_augment_backend,
+)
+STUDY_SETTINGS_ARGS = (
+    " --experiments-dir {params.experiments_dir:q} --backbone {params.backbones:q}"
+    " --schedule {params.schedule:q} --batch-scale {params.batch_scale:q}"
+    " --augment-backend {params.augment_backend:q}"
+)
+
 
 rule study_table:
     """One table of the study: its runs' test metrics beside the paper's numbers."""
@@ -28,17 +43,12 @@ rule study_table:
         mem_mb=2000,
         runtime=10,
     params:
-        experiments_dir=config["experiments_dir"],
-        backbones=get_study_backbones,
-        schedule=get_study_schedule,
-        batch_scale=get_study_batch_scale,
-        augment_backend=get_augment_backend,
+        **STUDY_SETTINGS_PARAMS,
     shell:
         "python -m tbps study collect --study {input.study:q} --dataset {wildcards.dataset:q}"
         " --table {wildcards.table:q} --metrics {input.metrics:q} --out {output.table:q}"
-        " --experiments-dir {params.experiments_dir:q} --backbone {params.backbones:q}"
-        " --schedule {params.schedule:q} --batch-scale {params.batch_scale:q}"
-        " --augment-backend {params.augment_backend:q} > {log:q} 2>&1"
+        + STUDY_SETTINGS_ARGS
+        + " > {log:q} 2>&1"
 
 
 rule study_report:
@@ -110,17 +120,12 @@ rule study:
         mem_mb=2000,
         runtime=10,
     params:
-        experiments_dir=config["experiments_dir"],
-        backbones=get_study_backbones,
-        schedule=get_study_schedule,
-        batch_scale=get_study_batch_scale,
-        augment_backend=get_augment_backend,
+        **STUDY_SETTINGS_PARAMS,
     shell:
         "python -m tbps study collect --study {input.study:q} --dataset {wildcards.dataset:q}"
         " --metrics {input.metrics:q} --out {output.table:q}"
-        " --experiments-dir {params.experiments_dir:q} --backbone {params.backbones:q}"
-        " --schedule {params.schedule:q} --batch-scale {params.batch_scale:q}"
-        " --augment-backend {params.augment_backend:q} > {log:q} 2>&1"
+        + STUDY_SETTINGS_ARGS
+        + " > {log:q} 2>&1"
 
 
 rule study_partial:
@@ -141,14 +146,9 @@ rule study_partial:
         mem_mb=2000,
         runtime=10,
     params:
-        experiments_dir=config["experiments_dir"],
-        backbones=get_study_backbones,
-        schedule=get_study_schedule,
-        batch_scale=get_study_batch_scale,
-        augment_backend=get_augment_backend,
+        **STUDY_SETTINGS_PARAMS,
     shell:
         "python -m tbps study collect --allow-missing --study {input.study:q}"
         " --dataset {wildcards.dataset:q} --metrics {input.metrics:q} --out {output.table:q}"
-        " --experiments-dir {params.experiments_dir:q} --backbone {params.backbones:q}"
-        " --schedule {params.schedule:q} --batch-scale {params.batch_scale:q}"
-        " --augment-backend {params.augment_backend:q} > {log:q} 2>&1"
+        + STUDY_SETTINGS_ARGS
+        + " > {log:q} 2>&1"
