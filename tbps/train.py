@@ -64,13 +64,6 @@ def val_curve_schema() -> dict:
             **dict.fromkeys(("R1", "R5", "R10", "mAP", "mINP"), pl.Float64)}
 
 
-def __getattr__(name: str):
-    # ``VAL_CURVE_SCHEMA`` stays importable without importing polars with this module.
-    if name == "VAL_CURVE_SCHEMA":
-        return val_curve_schema()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class TrainPaths:
     out: Path

@@ -21,7 +21,7 @@ from tbps.config import ExperimentConfig
 from tbps.errors import UserInputError
 from tbps.provenance import FIELDS
 from tbps.published import as_frame, for_experiment, lookup
-from tbps.train import VAL_CURVE_SCHEMA
+from tbps.train import val_curve_schema
 
 METRIC_VALUES = {"R1": 70.0, "R5": 85.0, "R10": 90.0, "mAP": 62.5, "mINP": 45.0}
 ENVIRONMENT = {name: 1 if kind is int else f"example {name}" for name, kind in FIELDS.items()}
@@ -54,7 +54,7 @@ def write_val_curve(tmp_path: Path, dataset: str, experiment: str, epochs: int =
     train_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"epoch": e, "split": "val", "direction": d, **METRIC_VALUES, "R1": 10.0 * e}
             for e in range(1, epochs + 1) for d in ("t2i", "i2t")]
-    pl.DataFrame(rows, schema=VAL_CURVE_SCHEMA).write_parquet(train_dir / "val_curve.parquet")
+    pl.DataFrame(rows, schema=val_curve_schema()).write_parquet(train_dir / "val_curve.parquet")
     if config:
         (train_dir / "config.yaml").write_text(yaml.safe_dump(ExperimentConfig().to_dict(), sort_keys=False))
     return train_dir / "val_curve.parquet"

@@ -21,7 +21,7 @@ from tbps.plots import (
     plot_training,
 )
 from tbps.provenance import FIELDS
-from tbps.train import VAL_CURVE_SCHEMA
+from tbps.train import val_curve_schema
 
 
 def assert_png(path: Path, min_size=(200, 200)) -> None:
@@ -74,7 +74,7 @@ def test_training_figure_with_and_without_val_curve_is_deterministic(tmp_path):
     log_path = write_train_log(train_dir)
 
     no_rows = train_dir / "no_validation.parquet"
-    pl.DataFrame([], schema=VAL_CURVE_SCHEMA).write_parquet(no_rows)  # a run without a val split
+    pl.DataFrame([], schema=val_curve_schema()).write_parquet(no_rows)  # a run without a val split
     plot_training(log_path, tmp_path / "no_val.png", title="tiny")
     plot_training(log_path, tmp_path / "empty_val.png", val_curve=no_rows, title="tiny")
     curve = write_val_curve(train_dir)

@@ -16,7 +16,7 @@ from tbps.config import load_experiment
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file
 from tbps.model import load_trained_model
-from tbps.train import VAL_CURVE_SCHEMA, train
+from tbps.train import train, val_curve_schema
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "config", "experiments")
 
@@ -69,7 +69,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(synthetic_shards
     full = train(experiment("tiny_tbps_clip", **base), shards, tmp_path / "full")
     # Without --val the curve is still written (the workflow declares it): no rows, same columns.
     no_val = pl.read_parquet(tmp_path / "full" / "val_curve.parquet")
-    assert no_val.height == 0 and no_val.schema == pl.Schema(VAL_CURVE_SCHEMA)
+    assert no_val.height == 0 and no_val.schema == pl.Schema(val_curve_schema())
     steps_per_epoch = checkpoint.load(full)["global_step"] // 2
     assert steps_per_epoch >= 3
 

@@ -46,7 +46,14 @@ import numpy as np
 import polars as pl
 
 from tbps.errors import UserInputError
-from tbps.fileio import atomic_path, read_json_checked, read_parquet_checked, sha256_file, write_json_atomic
+from tbps.fileio import (
+    atomic_path,
+    read_json_checked,
+    read_parquet_checked,
+    sha256_file,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 FORMAT = "tbps-gallery-index"
 VERSION = 1
@@ -214,8 +221,6 @@ def write_generation(folder: Path, generation: int, meta: dict[str, Any], entrie
 
     ``fill(out)`` writes the N x dim embeddings into a float16 memory-mapped array.
     """
-    from tbps.fileio import write_parquet_atomic
-
     names = generation_files(generation)
     count = entries.height
     with atomic_path(folder / names["embeddings"], suffix=".npy", expected_bytes=count * dim * 2 + 128) as tmp:
