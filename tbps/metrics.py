@@ -106,7 +106,7 @@ def retrieval_metrics(
             the gallery.
 
     Ties are ranked by gallery index (see the module docstring). Without the matrix in
-    memory: :func:`retrieval_metrics_from_features`.
+    memory: :func:`retrieval_metrics_from_features` (what the importance probe uses).
     """
     ks = _check_ks(ks)
     return summarise(rank_queries(similarity, query_ids, gallery_ids, query_chunk=query_chunk), ks)

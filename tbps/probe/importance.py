@@ -38,7 +38,7 @@ from tbps.data.eval_images import EvalImages
 from tbps.device import resolve_device
 from tbps.errors import UserInputError
 from tbps.fileio import sha256_file, write_json_atomic, write_parquet_atomic
-from tbps.metrics import retrieval_metrics
+from tbps.metrics import retrieval_metrics_from_features
 from tbps.probe.modules import TOWERS, Module, interpolated, modules_of, removed
 from tbps.progress import progress
 from tbps.provenance import environment
@@ -153,8 +153,9 @@ class TowerEncoder:
 
 
 def text_to_image_r1(text: Tensor, images: Tensor, split: ProbeSplit, query_chunk: int) -> float:
-    return retrieval_metrics(text @ images.t(), split.text_ids, split.image_ids, ks=(1,),
-                             query_chunk=query_chunk)["R1"]
+    # Chunk by chunk: the probe measures R@1 hundreds of times and never needs the whole matrix.
+    return retrieval_metrics_from_features(text, images, split.text_ids, split.image_ids, ks=(1,),
+                                           query_chunk=query_chunk)["R1"]
 
 
 # ----------------------------------------------------------------------------- measuring a model
